@@ -1,0 +1,24 @@
+"""tfode: neural ordinary differential equations for TensorFlow and Keras.
+
+Public API:
+    odeint, solve: adaptive and fixed-step Runge–Kutta solvers.
+    Solution, SolverStats, Status, IntegrationError: what a solve returns or raises.
+    ButcherTableau, method_names: the methods, as data.
+"""
+
+from tfode.solution import IntegrationError, Solution, SolverStats, Status
+from tfode.solvers import odeint, solve
+from tfode.tableaus import ButcherTableau, method_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ButcherTableau",
+    "IntegrationError",
+    "Solution",
+    "SolverStats",
+    "Status",
+    "method_names",
+    "odeint",
+    "solve",
+]

@@ -1,0 +1,206 @@
+"""Argument checks at the API boundary: clear errors naming the argument.
+
+Values known in Python (eager tensors, constants, numpy arrays) are checked
+here and raise ``ValueError``/``TypeError``. Values only known when a graph runs
+(e.g. tolerances fed as ``tf.function`` arguments) are checked in-graph and end
+the solve with ``Status.INVALID_INPUT``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfode.norms import norm_dtype
+
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def _static_value(x):
+    try:
+        return tf.get_static_value(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_integer_like(x):
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    return tf.as_dtype(dtype).is_integer or tf.as_dtype(dtype).is_bool
+
+
+def as_state(y0):
+    """Convert ``y0`` (tensor or nested structure) to a flat list of leaves.
+
+    Returns:
+        ``(leaves, structure)``.
+
+    Raises:
+        TypeError: integer/complex leaves, or leaves of differing dtypes.
+        ValueError: an empty structure.
+    """
+    structure = y0
+    raw = tf.nest.flatten(y0)
+    if not raw:
+        raise ValueError("y0 must contain at least one tensor, got an empty structure.")
+    leaves = []
+    for leaf in raw:
+        if _is_integer_like(leaf):
+            raise TypeError(f"y0 must have a floating dtype (float16/bfloat16/float32/float64), got {leaf.dtype}.")
+        leaf = tf.convert_to_tensor(leaf)
+        if leaf.dtype == tf.int32:  # a Python int literal
+            leaf = tf.cast(leaf, tf.float32)
+        if leaf.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"y0 must have a floating dtype (float16/bfloat16/float32/float64), got {leaf.dtype}.")
+        leaves.append(leaf)
+    dtypes = {leaf.dtype for leaf in leaves}
+    if len(dtypes) > 1:
+        raise TypeError(f"all leaves of y0 must share one dtype, got {sorted(d.name for d in dtypes)}.")
+    return leaves, structure
+
+
+def time_dtype(t, state_dtype):
+    """Times are at least float32, and float64 whenever ``t`` or the state is."""
+    t_dtype = getattr(t, "dtype", None)
+    wide = state_dtype == tf.float64 or (t_dtype is not None and tf.as_dtype(t_dtype) == tf.float64)
+    return tf.float64 if wide else tf.float32
+
+
+def as_times(t, state_dtype):
+    """Convert and check the output times.
+
+    Returns:
+        ``(t, valid)``: ``t`` a rank-1 tensor in time dtype with static length,
+        and ``valid`` ``None`` (checked here) or a scalar bool tensor to check in-graph.
+
+    Raises:
+        TypeError: integer or complex ``t``.
+        ValueError: wrong rank, no points, unknown length, non-finite or not
+            strictly monotone values.
+    """
+    if _is_integer_like(t):
+        raise TypeError(f"t must have a floating dtype, got {t.dtype}; pass e.g. tf.constant([0., 1.]).")
+    dtype = time_dtype(t, state_dtype)
+    if isinstance(t, (list, tuple)):
+        t = np.asarray(t, dtype=dtype.as_numpy_dtype)
+    t = tf.convert_to_tensor(t)
+    if not t.dtype.is_floating:
+        raise TypeError(f"t must have a floating dtype, got {t.dtype}.")
+    t = tf.cast(t, dtype)
+    if t.shape.rank != 1:
+        raise ValueError(f"t must be a 1-D tensor of times, got shape {t.shape}.")
+    if t.shape[0] is None:
+        raise ValueError("t must have a statically known length (the output buffer is preallocated).")
+    if t.shape[0] < 1:
+        raise ValueError("t must contain at least one time, got an empty tensor.")
+    values = _static_value(t)
+    if values is not None:
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"t must be finite, got {values}.")
+        diffs = np.diff(values)
+        if diffs.size and not (np.all(diffs > 0) or np.all(diffs < 0)):
+            raise ValueError(f"t must be strictly increasing or strictly decreasing, got {values}.")
+        return t, None
+    finite = tf.reduce_all(tf.math.is_finite(t))
+    if t.shape[0] < 2:
+        return t, finite
+    diffs = t[1:] - t[:-1]
+    monotone = tf.reduce_all(diffs > 0) | tf.reduce_all(diffs < 0)
+    return t, finite & monotone
+
+
+def as_tolerance(name, value, leaves, structure):
+    """Convert ``rtol``/``atol`` into one tensor per leaf (norm dtype).
+
+    ``value`` may be a scalar, a tensor broadcastable to every leaf, or a
+    structure matching ``y0`` with one such value per leaf.
+
+    Returns:
+        ``(per_leaf, valid)`` with ``valid`` ``None`` or an in-graph bool.
+
+    Raises:
+        ValueError: non-positive/non-finite values, or shapes that do not broadcast.
+    """
+    dtype = norm_dtype(leaves[0].dtype)
+    if value is None:
+        raise ValueError(f"{name} must be given for an adaptive method.")
+    try:
+        tf.nest.assert_same_structure(value, structure)
+        per_leaf = tf.nest.flatten(value) if len(leaves) > 1 or tf.nest.is_nested(structure) else [value]
+    except (ValueError, TypeError):
+        per_leaf = [value] * len(leaves)
+    out, checks = [], []
+    for tol, leaf in zip(per_leaf, leaves):
+        if _is_integer_like(tol) and not np.isscalar(tol):
+            tol = tf.cast(tol, dtype)
+        tol = tf.cast(tf.convert_to_tensor(tol), dtype)
+        try:
+            tf.broadcast_static_shape(tol.shape, leaf.shape)
+        except ValueError as err:
+            raise ValueError(f"{name} of shape {tol.shape} does not broadcast to y0's shape {leaf.shape}.") from err
+        values = _static_value(tol)
+        if values is not None:
+            if not (np.all(np.isfinite(values)) and np.all(values > 0)):
+                raise ValueError(f"{name} must be positive and finite, got {values}.")
+        else:
+            checks.append(tf.reduce_all(tf.math.is_finite(tol) & (tol > 0)))
+        out.append(tol)
+    valid = None
+    if checks:
+        valid = tf.reduce_all(tf.stack(checks))
+    return out, valid
+
+
+def positive_scalar_option(name, value, dtype, allow_zero=False):
+    """Convert an option such as ``first_step`` to a scalar tensor, checked when static."""
+    tensor = tf.cast(tf.convert_to_tensor(value), dtype)
+    if tensor.shape.rank not in (0, None):
+        raise ValueError(f"options[{name!r}] must be a scalar, got shape {tensor.shape}.")
+    values = _static_value(tensor)
+    if values is not None:
+        ok = np.isfinite(values) and (values >= 0 if allow_zero else values > 0)
+        if name == "max_step":
+            ok = values > 0
+        if not ok:
+            raise ValueError(f"options[{name!r}] must be {'non-negative' if allow_zero else 'positive'}, got {values}.")
+    return tensor
+
+
+def all_valid(*flags):
+    """Combine optional in-graph validity flags (``None`` means checked)."""
+    flags = [f for f in flags if f is not None]
+    if not flags:
+        return None
+    return tf.reduce_all(tf.stack(flags))
+
+
+def check_callable(func):
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}.")
+
+
+def wrap_vector_field(func, structure, leaves):
+    """Adapt the user's ``func(t, y)`` to the loop's ``fn(t, leaves) -> leaves``.
+
+    ``t`` is handed to ``func`` in the state's dtype. Every call checks the
+    output's structure, dtype and static shape (Python-side, free in graphs).
+    """
+    state_dtype = leaves[0].dtype
+
+    def fn(t, flat):
+        y = tf.nest.pack_sequence_as(structure, flat)
+        dy = func(tf.cast(t, state_dtype), y)
+        try:
+            tf.nest.assert_same_structure(dy, structure)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"func(t, y) must return a value with y0's structure; {err}") from err
+        dy_flat = [tf.convert_to_tensor(d) for d in tf.nest.flatten(dy)]
+        for d, leaf in zip(dy_flat, leaves):
+            if d.dtype != state_dtype:
+                raise TypeError(f"func(t, y) returned dtype {d.dtype}, but y0 has dtype {state_dtype}.")
+            if not d.shape.is_compatible_with(leaf.shape):
+                raise ValueError(f"func(t, y) returned shape {d.shape}, but y0 has shape {leaf.shape}.")
+        return dy_flat
+
+    return fn

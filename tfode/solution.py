@@ -1,0 +1,99 @@
+"""What a solve returns: states, statistics and a status code."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+__all__ = ["IntegrationError", "Solution", "SolverStats", "Status"]
+
+
+class Status(enum.IntEnum):
+    """Outcome of a solve, carried as an int32 tensor through graphs.
+
+    ``RUNNING`` exists only inside the loop.
+    """
+
+    RUNNING = -1
+    SUCCESS = 0
+    MAX_STEPS_REACHED = 1
+    STEP_SIZE_UNDERFLOW = 2
+    NON_FINITE = 3
+    INVALID_INPUT = 4
+
+
+STATUS_MESSAGES = {
+    Status.MAX_STEPS_REACHED: "the step budget options['max_num_steps'] was exhausted",
+    Status.STEP_SIZE_UNDERFLOW: (
+        "the step size fell below options['min_step'] or below the resolution of t "
+        "(the problem may be stiff or have a singularity)"
+    ),
+    Status.NON_FINITE: "the state or its derivative became NaN or infinite",
+    Status.INVALID_INPUT: (
+        "invalid input seen inside the graph: tolerances must be positive and finite, "
+        "t strictly monotone and finite"
+    ),
+}
+
+
+class IntegrationError(RuntimeError):
+    """Raised when a solve does not reach the last requested time.
+
+    Attributes:
+        status: the ``Status`` code.
+        t_reached: the time the solver reached (Python float).
+        step_size: the last step size tried (Python float).
+    """
+
+    def __init__(self, status, t_reached, step_size, t_end):
+        self.status = Status(status)
+        self.t_reached = t_reached
+        self.step_size = step_size
+        super().__init__(
+            f"ODE solve failed with status {self.status.name}: {STATUS_MESSAGES[self.status]}; "
+            f"reached t={t_reached:.9g} of t={t_end:.9g} with step size {step_size:.3g}."
+        )
+
+
+class SolverStats(NamedTuple):
+    """Counters of one solve (int32 scalars) and where it stopped.
+
+    Attributes:
+        num_fn_evals: evaluations of ``func`` in the forward solve.
+        num_steps: attempted steps (accepted + rejected).
+        num_accepted: accepted steps.
+        num_rejected: rejected steps.
+        status: int32 ``Status`` code; 0 is success.
+        t_reached: time reached (time dtype).
+        step_size: last proposed step magnitude (time dtype).
+    """
+
+    num_fn_evals: Any
+    num_steps: Any
+    num_accepted: Any
+    num_rejected: Any
+    status: Any
+    t_reached: Any
+    step_size: Any
+
+
+class Solution(NamedTuple):
+    """Result of ``tfode.solve``.
+
+    Attributes:
+        ts: the requested times, ``[len(t)]``.
+        ys: states at ``ts`` with ``y0``'s structure; each leaf ``[len(t), *leaf.shape]``.
+            Times the solver did not reach hold NaN.
+        stats: a ``SolverStats``.
+    """
+
+    ts: Any
+    ys: Any
+    stats: SolverStats
+
+    @property
+    def success(self):
+        """Scalar bool tensor: the solve reached the last time."""
+        return tf.equal(self.stats.status, int(Status.SUCCESS))
