@@ -3,9 +3,11 @@
 Public API:
     odeint, solve: adaptive and fixed-step Runge–Kutta solvers.
     Solution, SolverStats, Status, IntegrationError: what a solve returns or raises.
+    BackwardStats: counters of the adjoint's backward pass.
     ButcherTableau, method_names: the methods, as data.
 """
 
+from tfode.adjoint import BackwardStats
 from tfode.solution import IntegrationError, Solution, SolverStats, Status
 from tfode.solvers import odeint, solve
 from tfode.tableaus import ButcherTableau, method_names
@@ -13,6 +15,7 @@ from tfode.tableaus import ButcherTableau, method_names
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackwardStats",
     "ButcherTableau",
     "IntegrationError",
     "Solution",

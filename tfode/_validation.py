@@ -180,8 +180,8 @@ def check_callable(func):
         raise TypeError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}.")
 
 
-def wrap_vector_field(func, structure, leaves):
-    """Adapt the user's ``func(t, y)`` to the loop's ``fn(t, leaves) -> leaves``.
+def wrap_vector_field(func, structure, leaves, args=()):
+    """Adapt the user's ``func(t, y, *args)`` to the loop's ``fn(t, leaves) -> leaves``.
 
     ``t`` is handed to ``func`` in the state's dtype. Every call checks the
     output's structure, dtype and static shape (Python-side, free in graphs).
@@ -190,7 +190,7 @@ def wrap_vector_field(func, structure, leaves):
 
     def fn(t, flat):
         y = tf.nest.pack_sequence_as(structure, flat)
-        dy = func(tf.cast(t, state_dtype), y)
+        dy = func(tf.cast(t, state_dtype), y, *args)
         try:
             tf.nest.assert_same_structure(dy, structure)
         except (ValueError, TypeError) as err:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-__all__ = ["IntegrationError", "Solution", "SolverStats", "Status"]
+__all__ = ["IntegrationError", "Solution", "SolverStats", "Status", "raise_on_failure"]
 
 
 class Status(enum.IntEnum):
@@ -47,14 +47,48 @@ class IntegrationError(RuntimeError):
         step_size: the last step size tried (Python float).
     """
 
-    def __init__(self, status, t_reached, step_size, t_end):
+    def __init__(self, status, t_reached, step_size, t_end, stage="forward"):
         self.status = Status(status)
         self.t_reached = t_reached
         self.step_size = step_size
         super().__init__(
-            f"ODE solve failed with status {self.status.name}: {STATUS_MESSAGES[self.status]}; "
+            f"{stage.capitalize()} ODE solve failed with status {self.status.name}: {STATUS_MESSAGES[self.status]}; "
             f"reached t={t_reached:.9g} of t={t_end:.9g} with step size {step_size:.3g}."
         )
+
+
+def raise_on_failure(values, stats, t_end, stage="forward"):
+    """Turn a failure status into an error: Python in eager mode, an Assert op in graphs.
+
+    Under ``jit_compile=True`` XLA drops Assert ops; unreached outputs are then
+    NaN and ``stats.status`` tells the cause.
+
+    Args:
+        values: list of tensors to return (guarded by the check in graphs).
+        stats: ``SolverStats`` of the solve.
+        t_end: the last requested time.
+        stage: "forward" or "backward", for the message.
+
+    Returns:
+        ``values``, with a control dependency on the check in graph mode.
+    """
+    if tf.executing_eagerly():
+        status = int(stats.status)
+        if status != Status.SUCCESS:
+            raise IntegrationError(status, float(stats.t_reached), float(stats.step_size), float(t_end), stage)
+        return values
+    check = tf.debugging.Assert(
+        tf.equal(stats.status, int(Status.SUCCESS)),
+        [
+            f"tfode: {stage} ODE solve failed (status 1: max_num_steps exhausted, 2: step size underflow, "
+            "3: NaN/Inf state, 4: invalid tolerances or times); status, t reached, step size:",
+            stats.status,
+            stats.t_reached,
+            stats.step_size,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return [tf.identity(v) for v in values]
 
 
 class SolverStats(NamedTuple):

@@ -10,7 +10,9 @@ import tensorflow as tf
 from tfode import _validation as v
 from tfode.controllers import PIController
 from tfode.integrate import StepOptions, integrate
-from tfode.solution import IntegrationError, Solution, Status
+from tfode.adjoint import AdjointConfig, adjoint_integrate
+from tfode.solution import Solution
+from tfode.solution import raise_on_failure as raise_on_failure_
 from tfode.tableaus import ButcherTableau, get_tableau
 
 __all__ = ["odeint", "solve", "DEFAULT_RTOL", "DEFAULT_ATOL", "OPTION_NAMES"]
@@ -32,9 +34,14 @@ OPTION_NAMES = (
 
 
 class Problem(NamedTuple):
-    """A validated problem, ready for ``integrate`` (internal)."""
+    """A validated problem, ready for ``integrate`` (internal).
 
-    fn: Any
+    ``make_fn(args)`` returns the loop's ``fn(t, leaves) -> leaves`` with the
+    extra tensors ``args`` bound (the adjoint re-binds them inside its custom gradient).
+    """
+
+    make_fn: Any
+    args: list
     leaves: list
     structure: Any
     t: Any
@@ -85,9 +92,12 @@ def _parse_options(options, tableau, t, time_dtype):
     return step_options, controller
 
 
-def prepare(func, y0, t, method, rtol, atol, options):
+def prepare(func, y0, t, method, rtol, atol, options, args=()):
     """Validate the arguments of ``solve`` and convert them (internal)."""
     v.check_callable(func)
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"args must be a tuple of tensors, got {type(args).__name__}.")
+    args = [tf.convert_to_tensor(a) for a in args]
     tableau = get_tableau(method)
     leaves, structure = v.as_state(y0)
     t, t_valid = v.as_times(t, leaves[0].dtype)
@@ -95,7 +105,8 @@ def prepare(func, y0, t, method, rtol, atol, options):
     atol_leaves, atol_valid = v.as_tolerance("atol", atol, leaves, structure)
     step_options, controller = _parse_options(options, tableau, t, t.dtype)
     return Problem(
-        fn=v.wrap_vector_field(func, structure, leaves),
+        make_fn=lambda bound: v.wrap_vector_field(func, structure, leaves, bound),
+        args=args,
         leaves=leaves,
         structure=structure,
         t=t,
@@ -108,31 +119,6 @@ def prepare(func, y0, t, method, rtol, atol, options):
     )
 
 
-def _raise_or_assert(ys, stats, t_end):
-    """Turn a failure status into an error: Python in eager mode, an Assert op in graphs.
-
-    Under ``jit_compile=True`` XLA drops Assert ops; unreached outputs are then
-    NaN and ``stats.status`` tells the cause.
-    """
-    if tf.executing_eagerly():
-        status = int(stats.status)
-        if status != Status.SUCCESS:
-            raise IntegrationError(status, float(stats.t_reached), float(stats.step_size), float(t_end))
-        return ys
-    check = tf.debugging.Assert(
-        tf.equal(stats.status, int(Status.SUCCESS)),
-        [
-            "tfode: ODE solve failed (status 1: max_num_steps exhausted, 2: step size underflow, "
-            "3: NaN/Inf state, 4: invalid tolerances or times); status, t reached, step size:",
-            stats.status,
-            stats.t_reached,
-            stats.step_size,
-        ],
-    )
-    with tf.control_dependencies([check]):
-        return [tf.identity(y) for y in ys]
-
-
 def solve(
     func,
     y0,
@@ -142,14 +128,29 @@ def solve(
     rtol=DEFAULT_RTOL,
     atol=DEFAULT_ATOL,
     options=None,
+    args=(),
+    adjoint=False,
+    adjoint_method=None,
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_options=None,
+    adjoint_norm="seminorm",
+    backward_stats=None,
     raise_on_failure=True,
     name=None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and report statistics.
 
+    Gradients flow to ``y0``, every time in ``t``, ``args`` and every
+    ``tf.Variable`` (Keras weight) that ``func`` reads: by backpropagation
+    through the solver loop (``adjoint=False``, exact for the discretisation)
+    or by the adjoint method (``adjoint=True``: a second solve backwards in
+    time, memory independent of the number of steps).
+
     Args:
-        func: ``func(t, y) -> dy/dt``; ``t`` is a scalar tensor in ``y0``'s
-            dtype, ``y`` has ``y0``'s structure (a tensor, tuple or dict of tensors).
+        func: ``func(t, y, *args) -> dy/dt``; ``t`` is a scalar tensor in
+            ``y0``'s dtype, ``y`` has ``y0``'s structure (a tensor, tuple or
+            dict of tensors).
         y0: initial state, a floating tensor ``[...]`` or a nested structure of
             tensors of one floating dtype.
         t: ``[T]`` strictly increasing or strictly decreasing output times,
@@ -163,9 +164,18 @@ def solve(
             Defaults ``1e-6`` and ``1e-8``.
         options: dict with any of ``first_step``, ``min_step``, ``max_step``,
             ``max_num_steps`` (Python int, default 10000, counts attempted
-            steps), ``step_size`` (fixed-step methods; without it they step on
-            the grid of ``t``), ``safety``, ``min_factor``, ``max_factor``
-            (PI controller constants, see ``tfode.controllers.PIController``).
+            steps; with ``adjoint=False`` under XLA it also sizes the gradient
+            buffers, so keep it small there), ``step_size`` (fixed-step
+            methods; without it they step on the grid of ``t``), ``safety``,
+            ``min_factor``, ``max_factor`` (see ``tfode.controllers.PIController``).
+        args: tuple of extra tensors passed to ``func`` and differentiated.
+        adjoint: use the adjoint method for gradients.
+        adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options: the
+            backward solve's method, tolerances and options (default: the forward ones).
+        adjoint_norm: ``"seminorm"`` (default; error control ignores the
+            parameter-gradient channels, Kidger et al. 2021) or ``"full"``.
+        backward_stats: optional ``tfode.BackwardStats`` that the backward pass
+            fills with its evaluation count, steps and status.
         raise_on_failure: if True (default), a failed solve raises
             ``IntegrationError`` eagerly, or an ``InvalidArgumentError`` when a
             graph runs (not under XLA, where Assert ops are dropped). If False,
@@ -186,27 +196,60 @@ def solve(
         (TensorShape([5, 3]), 0)
     """
     with tf.name_scope(name or "solve"):
-        problem = prepare(func, y0, t, method, rtol, atol, options)
-        ys, stats = integrate(
-            problem.fn,
-            problem.leaves,
-            problem.t,
-            problem.tableau,
-            problem.rtol,
-            problem.atol,
-            problem.controller,
-            problem.step_options,
-            inputs_valid=problem.inputs_valid,
-        )
+        problem = prepare(func, y0, t, method, rtol, atol, options, args)
+        forward = (problem.tableau, problem.rtol, problem.atol, problem.controller, problem.step_options)
+        if adjoint:
+            config = _adjoint_config(problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options,
+                                     adjoint_norm, raise_on_failure)  # fmt: skip
+            ys, stats = adjoint_integrate(
+                problem.make_fn, problem.leaves, problem.t, problem.args, *forward, config,
+                inputs_valid=problem.inputs_valid, backward_stats=backward_stats,
+            )  # fmt: skip
+        else:
+            ys, stats = integrate(
+                problem.make_fn(problem.args), problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid
+            )
         if raise_on_failure:
-            ys = _raise_or_assert(ys, stats, problem.t[-1])
+            ys = raise_on_failure_(ys, stats, problem.t[-1])
         return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
 
 
-def odeint(func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, options=None, name=None):
+def _adjoint_config(problem, method, rtol, atol, options, norm, raise_on_failure):
+    if norm not in ("seminorm", "full"):
+        raise ValueError(f"adjoint_norm must be 'seminorm' or 'full', got {norm!r}.")
+    tableau = problem.tableau if method is None else get_tableau(method)
+    leaves, structure = problem.leaves, problem.structure
+    if rtol is None:
+        rtol_leaves = problem.rtol
+    else:
+        rtol_leaves, _ = v.as_tolerance("adjoint_rtol", rtol, leaves, structure)
+    if atol is None:
+        atol_leaves = problem.atol
+    else:
+        atol_leaves, _ = v.as_tolerance("adjoint_atol", atol, leaves, structure)
+    if options is None and method is None:
+        step_options, controller = problem.step_options, problem.controller
+    else:
+        # A backward segment runs between two output times: no grid of t to step on.
+        segment = tf.zeros([3], problem.t.dtype)
+        step_options, controller = _parse_options(options, tableau, segment, problem.t.dtype)
+    return AdjointConfig(
+        tableau=tableau,
+        rtol=rtol_leaves,
+        atol=atol_leaves,
+        controller=controller,
+        step_options=step_options,
+        seminorm=norm == "seminorm",
+        raise_on_failure=raise_on_failure,
+    )
+
+
+def odeint(func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, options=None, name=None,
+           **adjoint_kwargs):
     """Integrate ``dy/dt = func(t, y)`` and return the states at the times ``t``.
 
-    The same arguments as ``tfode.solve``; failures always raise.
+    The same arguments as ``tfode.solve`` (``args``, ``adjoint`` and the
+    ``adjoint_*`` keywords pass through); failures always raise.
 
     Returns:
         States with ``y0``'s structure, each leaf ``[len(t), *leaf.shape]``.
@@ -216,4 +259,8 @@ def odeint(func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL
         >>> float(ys[-1, 0])  # exp(-1)
         0.36787...
     """
-    return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, name=name or "odeint").ys
+    if "raise_on_failure" in adjoint_kwargs:
+        raise TypeError("odeint always raises on failure; use tfode.solve(..., raise_on_failure=False).")
+    return solve(
+        func, y0, t, method=method, rtol=rtol, atol=atol, options=options, name=name or "odeint", **adjoint_kwargs
+    ).ys
