@@ -4,10 +4,13 @@ Public API:
     odeint, solve: adaptive and fixed-step Runge–Kutta solvers.
     Solution, SolverStats, Status, IntegrationError: what a solve returns or raises.
     BackwardStats: counters of the adjoint's backward pass.
+    ODELayer, layers: Keras ODE-Net layer and vector-field blocks (tfode.layers.TimeMLP, ...).
     ButcherTableau, method_names: the methods, as data.
 """
 
+from tfode import layers
 from tfode.adjoint import BackwardStats
+from tfode.layers import ODELayer
 from tfode.solution import IntegrationError, Solution, SolverStats, Status
 from tfode.solvers import odeint, solve
 from tfode.tableaus import ButcherTableau, method_names
@@ -15,6 +18,8 @@ from tfode.tableaus import ButcherTableau, method_names
 __version__ = "0.1.0"
 
 __all__ = [
+    "ODELayer",
+    "layers",
     "BackwardStats",
     "ButcherTableau",
     "IntegrationError",

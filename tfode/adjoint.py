@@ -86,6 +86,17 @@ class BackwardStats(tf.Module):
             self.status = tf.Variable(0, dtype=tf.int32, trainable=False, name="status")
 
 
+def _record(recorder, stats):
+    """Assign the backward counters to whichever of ``num_fn_evals``,
+    ``num_steps``, ``status`` the recorder has (variables, any dtype)."""
+    updates = []
+    for field in ("num_fn_evals", "num_steps", "status"):
+        target = getattr(recorder, field, None)
+        if target is not None:
+            updates.append(target.assign(tf.cast(getattr(stats, field), target.dtype)))
+    return updates
+
+
 def _vdot(xs, ys):
     """``sum_leaf sum(x * y)`` in the dtype of ``xs``."""
     return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(xs, ys)])
@@ -134,11 +145,7 @@ def adjoint_integrate(make_fn, y0, t, args, tableau, rtol, atol, controller, opt
             )
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
             if backward_stats is not None:
-                updates = [
-                    backward_stats.num_fn_evals.assign(bstats.num_fn_evals),
-                    backward_stats.num_steps.assign(bstats.num_steps),
-                    backward_stats.status.assign(bstats.status),
-                ]
+                updates = _record(backward_stats, bstats)
                 with tf.control_dependencies(updates):
                     grads = [tf.identity(g) for g in grads]
             if config.raise_on_failure:
