@@ -119,6 +119,9 @@ def prepare(func, y0, t, method, rtol, atol, options, args=()):
     )
 
 
+# The library is plain TF ops and explicit tf.while_loops: skip AutoGraph's
+# source conversion, which otherwise costs seconds on the first trace.
+@tf.autograph.experimental.do_not_convert
 def solve(
     func,
     y0,
@@ -244,6 +247,7 @@ def _adjoint_config(problem, method, rtol, atol, options, norm, raise_on_failure
     )
 
 
+@tf.autograph.experimental.do_not_convert
 def odeint(func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, options=None, name=None,
            **adjoint_kwargs):
     """Integrate ``dy/dt = func(t, y)`` and return the states at the times ``t``.

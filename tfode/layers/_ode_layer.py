@@ -147,7 +147,13 @@ class ODELayer(keras.layers.Layer):
             raise ValueError(f"ODELayer needs input of shape [batch, ...], got {input_shape}.")
         t_spec = keras.KerasTensor((), dtype=self.compute_dtype)
         y_spec = keras.KerasTensor(input_shape, dtype=self.compute_dtype)
-        out = self.vector_field(t_spec, y_spec)
+        try:
+            out = self.vector_field(t_spec, y_spec)
+        except Exception as err:
+            raise ValueError(
+                f"vector_field {self.vector_field.name!r} must be callable as vector_field(t, y) with t a scalar "
+                f"and y of shape {input_shape}; calling it failed: {err}"
+            ) from err
         out_shape = tuple(getattr(out, "shape", ()))
         if len(out_shape) != len(input_shape) or any(
             a is not None and b is not None and a != b for a, b in zip(out_shape[1:], input_shape[1:])
