@@ -4,12 +4,14 @@ Public API:
     odeint, solve: adaptive and fixed-step Runge–Kutta solvers.
     Solution, SolverStats, Status, IntegrationError: what a solve returns or raises.
     BackwardStats: counters of the adjoint's backward pass.
+    ContinuousFlowBijector: a continuous normalizing flow as a TFP bijector.
     ODELayer, layers: Keras ODE-Net layer and vector-field blocks (tfode.layers.TimeMLP, ...).
     ButcherTableau, method_names: the methods, as data.
 """
 
 from tfode import layers
 from tfode.adjoint import BackwardStats
+from tfode.bijectors import ContinuousFlowBijector
 from tfode.layers import ODELayer
 from tfode.solution import IntegrationError, Solution, SolverStats, Status
 from tfode.solvers import odeint, solve
@@ -18,6 +20,7 @@ from tfode.tableaus import ButcherTableau, method_names
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContinuousFlowBijector",
     "ODELayer",
     "layers",
     "BackwardStats",

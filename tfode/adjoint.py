@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -132,7 +133,11 @@ def adjoint_integrate(make_fn, y0, t, args, tableau, rtol, atol, controller, opt
         y0_in = list(inputs[:num_leaves])
         t_in = inputs[num_leaves]
         args_in = list(inputs[num_leaves + 1 :])
-        with _stop_recording():
+        # Eagerly, outer tapes would record every step of the loop: stop them.
+        # In graphs nothing is needed (and tapes opened inside the vector field
+        # must keep working): gradients reach the forward loop only through this
+        # custom gradient, so no loop intermediates are ever accumulated.
+        with _stop_recording() if tf.executing_eagerly() else contextlib.nullcontext():
             ys, stats = integrate(
                 make_fn(args_in), y0_in, t_in, tableau, rtol, atol, controller, options, inputs_valid=inputs_valid
             )

@@ -116,9 +116,15 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
         if num_times == 1:
             status = tf.where(tf.equal(status, int(Status.RUNNING)), int(Status.SUCCESS), status)
 
-        buffers = tuple(
-            tf.TensorArray(leaf.dtype, size=num_times, element_shape=leaf.shape).write(0, leaf) for leaf in y0
-        )
+        # Only interior output times need dense output and a buffer: every step
+        # sequence lands exactly on the last time, so with T <= 2 the loop
+        # carries no buffer and no inner output loop.
+        dense = num_times > 2
+        buffers = ()
+        if dense:
+            buffers = tuple(
+                tf.TensorArray(leaf.dtype, size=num_times, element_shape=leaf.shape).write(0, leaf) for leaf in y0
+            )
         state = _LoopState(
             t=t0,
             step=step0,
@@ -139,6 +145,8 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
 
         def write_outputs(s, t1, y1, stages, accept):
             """Dense output for every requested time in (s.t, t1]."""
+            if not dense:
+                return s.index + tf.cast(accept & tf.equal(t1, t_end), tf.int32), s.buffers
             dt = tf.cast(t1 - s.t, y1[0].dtype)
 
             def cond(index, _):
@@ -223,10 +231,17 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
             nan = [tf.fill(tf.shape(leaf), tf.constant(float("nan"), leaf.dtype)) for leaf in y0]
             return index + 1, tuple(b.write(index, v) for b, v in zip(buffers, nan))
 
-        _, buffers = tf.while_loop(
-            fill_cond, fill_body, (final.index, final.buffers), maximum_iterations=num_times
-        )
-        ys = [b.stack() for b in buffers]
+        if dense:
+            _, buffers = tf.while_loop(
+                fill_cond, fill_body, (final.index, final.buffers), maximum_iterations=num_times
+            )
+            ys = [b.stack() for b in buffers]
+        else:
+            reached = final.index >= num_times
+            ys = [
+                tf.stack([a, tf.where(reached, b, tf.constant(float("nan"), b.dtype))][:num_times])
+                for a, b in zip(y0, final.y)
+            ]
         stats = SolverStats(
             num_fn_evals=final.num_fn_evals,
             num_steps=final.num_steps,

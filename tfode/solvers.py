@@ -30,6 +30,8 @@ OPTION_NAMES = (
     "safety",
     "min_factor",
     "max_factor",
+    "beta1",
+    "beta2",
 )
 
 
@@ -87,7 +89,11 @@ def _parse_options(options, tableau, t, time_dtype):
         max_num_steps=max_num_steps,
     )
     controller = PIController(
-        **{k: float(options[k]) for k in ("safety", "min_factor", "max_factor") if options.get(k) is not None}
+        **{
+            k: float(options[k])
+            for k in ("safety", "min_factor", "max_factor", "beta1", "beta2")
+            if options.get(k) is not None
+        }
     )
     return step_options, controller
 

@@ -18,6 +18,7 @@ so ``dense`` has one row per (extended) stage and one column per power of
 
 References:
     Dormand & Prince (1980), "A family of embedded Runge-Kutta formulae".
+    Shampine (1986), "Some practical Runge-Kutta formulas" (dopri5 error weights).
     Hairer, Nørsett & Wanner (1993), "Solving Ordinary Differential Equations I",
     §II.6 (dense output of DOPRI5).
     Tsitouras (2011), "Runge–Kutta pairs of order 5(4) satisfying only the first
@@ -221,7 +222,11 @@ BOSH3 = ButcherTableau(
 # --------------------------------------------------------------------------- Dormand–Prince 5(4)
 
 _DOPRI5_B = _f("35/384", "0", "500/1113", "125/192", "-2187/6784", "11/84", "0")
-_DOPRI5_B_EMBEDDED = _f("5179/57600", "0", "7571/16695", "393/640", "-92097/339200", "187/2100", "1/40")
+# Shampine's (1986) embedded 4th-order weights, as torchdiffeq and diffrax use:
+# the error estimate b - b_embedded is exactly 2/3 of the one from Dormand &
+# Prince's original weights (5179/57600, 0, 7571/16695, ...), which
+# over-estimates the local error of the propagated 5th-order solution.
+_DOPRI5_B_EMBEDDED = _f("1951/21600", "0", "22642/50085", "451/720", "-12231/42400", "649/6300", "1/60")
 # Hairer's continuous extension (dopri5.f, CONTD5): with D = y1 - y0,
 #   y(θ) = y0 + θ(D + (1-θ)(r3 + θ(r4 + (1-θ) r5))),
 #   r3 = h f0 - D,  r4 = D - h f1 - r3,  r5 = h Σ d_i k_i.
