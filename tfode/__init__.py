@@ -9,7 +9,7 @@ Public API:
     ButcherTableau, method_names: the methods, as data.
 """
 
-from tfode import layers
+from tfode import datasets, layers, models
 from tfode.adjoint import BackwardStats
 from tfode.bijectors import ContinuousFlowBijector
 from tfode.layers import ODELayer
@@ -22,7 +22,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ContinuousFlowBijector",
     "ODELayer",
+    "datasets",
     "layers",
+    "models",
     "BackwardStats",
     "ButcherTableau",
     "IntegrationError",
