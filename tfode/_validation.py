@@ -67,8 +67,11 @@ def time_dtype(t, state_dtype):
     return tf.float64 if wide else tf.float32
 
 
-def as_times(t, state_dtype):
+def as_times(t, state_dtype, allow_repeats=False):
     """Convert and check the output times.
+
+    With ``allow_repeats`` (internal: the latent models' union of per-series
+    times), non-decreasing times with repeats are accepted.
 
     Returns:
         ``(t, valid)``: ``t`` a rank-1 tensor in time dtype with static length,
@@ -90,22 +93,27 @@ def as_times(t, state_dtype):
     t = tf.cast(t, dtype)
     if t.shape.rank != 1:
         raise ValueError(f"t must be a 1-D tensor of times, got shape {t.shape}.")
-    if t.shape[0] is None:
+    if t.shape[0] is None and not allow_repeats:
         raise ValueError("t must have a statically known length (the output buffer is preallocated).")
-    if t.shape[0] < 1:
+    if t.shape[0] is not None and t.shape[0] < 1:
         raise ValueError("t must contain at least one time, got an empty tensor.")
     values = _static_value(t)
     if values is not None:
         if not np.all(np.isfinite(values)):
             raise ValueError(f"t must be finite, got {values}.")
         diffs = np.diff(values)
-        if diffs.size and not (np.all(diffs > 0) or np.all(diffs < 0)):
+        if allow_repeats:
+            if diffs.size and not np.all(diffs >= 0):
+                raise ValueError(f"t must be non-decreasing, got {values}.")
+        elif diffs.size and not (np.all(diffs > 0) or np.all(diffs < 0)):
             raise ValueError(f"t must be strictly increasing or strictly decreasing, got {values}.")
         return t, None
     finite = tf.reduce_all(tf.math.is_finite(t))
-    if t.shape[0] < 2:
+    if t.shape[0] is not None and t.shape[0] < 2:
         return t, finite
     diffs = t[1:] - t[:-1]
+    if allow_repeats:
+        return t, finite & tf.reduce_all(diffs >= 0)
     monotone = tf.reduce_all(diffs > 0) | tf.reduce_all(diffs < 0)
     return t, finite & monotone
 

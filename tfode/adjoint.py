@@ -146,8 +146,9 @@ def adjoint_integrate(make_fn, y0, t, args, tableau, rtol, atol, controller, opt
         def grad(*cotangents, variables=None):
             variables = list(variables or [])
             grads_y0, grad_t, grads_args, grads_vars, bstats = _backward(
-                make_fn, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config
-            )
+                make_fn, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
+                stats.step_size,
+            )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
             if backward_stats is not None:
                 updates = _record(backward_stats, bstats)
@@ -164,9 +165,13 @@ def adjoint_integrate(make_fn, y0, t, args, tableau, rtol, atol, controller, opt
     return list(ys), forward_stats[0]
 
 
-def _backward(make_fn, ys, cotangents, t, args, variables, config):
-    """Solve the augmented system backwards over every output interval."""
-    num_times = t.shape[0]
+def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step):
+    """Solve the augmented system backwards over every output interval.
+
+    ``initial_step`` (the forward solve's last step size) starts the first
+    segment; later segments continue from the step the previous one proposed.
+    """
+    num_times = t.shape[0] if t.shape[0] is not None else tf.shape(t)[0]
     num_leaves = len(ys)
     time_dtype = t.dtype
     fn = make_fn(args)
@@ -215,7 +220,25 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config):
     def segment_cond(i, *_):
         return i >= 1
 
-    def segment_body(i, adj, acc, grad_t, counters):
+    def solve_segment(t_segment, state, step):
+        # Each segment starts from the step size the previous one proposed
+        # (no restart of Hairer's selection at every output time).
+        options = config.step_options
+        if config.tableau.adaptive and options.first_step is None:
+            options = options._replace(first_step=step)
+        states, stats = integrate(
+            augmented, state, t_segment, config.tableau, aug_rtol, aug_atol,
+            config.controller, options, error_mask=mask,
+        )  # fmt: skip
+        return [s[-1] for s in states], stats
+
+    def skip_segment(t_segment, state, step):
+        # Repeated output times (e.g. a union of per-series times): nothing to integrate.
+        zero = tf.zeros([], tf.int32)
+        stats = SolverStats(zero, zero, zero, zero, zero + int(Status.SUCCESS), t_segment[0], step)
+        return state, stats
+
+    def segment_body(i, adj, acc, grad_t, step, counters):
         g_i = cotangent_at(i)
         adj = [a + g for a, g in zip(adj, g_i)]
         f_i = f_at(i)
@@ -223,13 +246,15 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config):
         y_i = [tf.gather(y, i) for y in ys]
         t_segment = tf.stack([tf.gather(t, i), tf.gather(t, i - 1)])
         t_segment.set_shape([2])
-        states, stats = integrate(
-            augmented, y_i + adj + acc, t_segment, config.tableau, aug_rtol, aug_atol,
-            config.controller, config.step_options, error_mask=mask,
-        )  # fmt: skip
-        final = [s[-1] for s in states]
+        state = y_i + adj + acc
+        final, stats = tf.cond(
+            tf.equal(t_segment[0], t_segment[1]),
+            lambda: skip_segment(t_segment, state, step),
+            lambda: solve_segment(t_segment, state, step),
+        )
         adj = final[num_leaves : 2 * num_leaves]
         acc = final[2 * num_leaves :]
+        step = tf.where(stats.step_size > 0, stats.step_size, step)
         nfe, steps, status, t_fail, step_fail = counters
         first_failure = tf.equal(status, int(Status.SUCCESS)) & tf.not_equal(stats.status, int(Status.SUCCESS))
         counters = (
@@ -239,13 +264,13 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config):
             tf.where(first_failure, stats.t_reached, t_fail),
             tf.where(first_failure, stats.step_size, step_fail),
         )
-        return i - 1, adj, acc, grad_t, counters
+        return i - 1, adj, acc, grad_t, step, counters
 
-    if num_times > 1:
-        _, adj, acc, grad_t, counters = tf.while_loop(
+    if t.shape[0] is None or t.shape[0] > 1:
+        _, adj, acc, grad_t, _, counters = tf.while_loop(
             segment_cond,
             segment_body,
-            (tf.constant(num_times - 1), adj, acc, grad_t, counters),
+            (tf.convert_to_tensor(num_times - 1), adj, acc, grad_t, tf.cast(initial_step, time_dtype), counters),
             maximum_iterations=num_times - 1,
         )
     f_0 = f_at(0)

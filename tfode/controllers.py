@@ -88,19 +88,21 @@ class PIController:
         beta1, beta2 = self.exponents(error_order)
         dtype = ratio.dtype
         finite = tf.math.is_finite(ratio)
-        # Floor at 1e-4 as dopri5.f does: a near-zero error must not make the
-        # integral term explode; the max_factor clip handles growth.
+        # A zero error ratio would make the factor infinite: floor it (the
+        # max_factor clip then limits growth). Non-finite ratios shrink the step.
         safe_ratio = tf.where(finite, tf.maximum(ratio, tf.constant(1e-10, dtype)), tf.ones([], dtype))
         factor = self.safety * safe_ratio ** (-beta1) * prev_ratio**beta2
         factor_rejected = tf.minimum(self.safety * safe_ratio ** (-1.0 / error_order), 1.0)
         factor = tf.where(accept, factor, factor_rejected)
         factor = tf.where(finite, factor, tf.constant(self.min_factor, dtype))
         factor = tf.clip_by_value(factor, self.min_factor, self.max_factor)
+        # Remember at least 1e-4 as dopri5.f does, so one tiny error does not
+        # make the previous-error term dominate the next proposal.
         next_prev = tf.where(accept, tf.maximum(safe_ratio, tf.constant(1e-4, dtype)), prev_ratio)
         return step * tf.cast(factor, step.dtype), next_prev
 
 
-def select_initial_step(fn, t0, y0, f0, direction, error_order, rtol, atol):
+def select_initial_step(fn, t0, y0, f0, direction, error_order, rtol, atol, mask=None):
     """Hairer's starting step (HNW I, §II.4), one extra evaluation of ``fn``.
 
     With ``sc = atol + rtol*|y0|``: ``d0 = ||y0/sc||``, ``d1 = ||f0/sc||``,
@@ -115,6 +117,7 @@ def select_initial_step(fn, t0, y0, f0, direction, error_order, rtol, atol):
         direction: +1 or -1 (time dtype).
         error_order: Python int ``q``.
         rtol, atol: lists of tolerance tensors (norm dtype) per leaf.
+        mask: optional list of bools, the leaves that count (the seminorm).
 
     Returns:
         Scalar step magnitude (time dtype), strictly positive.
@@ -122,14 +125,15 @@ def select_initial_step(fn, t0, y0, f0, direction, error_order, rtol, atol):
     ndtype = rtol[0].dtype
     tdtype = t0.dtype
     scale = [a + r * tf.abs(tf.cast(y, ndtype)) for y, r, a in zip(y0, rtol, atol)]
-    d0 = rms_norm([tf.cast(y, ndtype) / s for y, s in zip(y0, scale)])
-    d1 = rms_norm([tf.cast(f, ndtype) / s for f, s in zip(f0, scale)])
+    d0 = rms_norm([tf.cast(y, ndtype) / s for y, s in zip(y0, scale)], mask)
+    d1 = rms_norm([tf.cast(f, ndtype) / s for f, s in zip(f0, scale)], mask)
     tiny = tf.constant(1e-5, ndtype)
     h0 = tf.where((d0 < tiny) | (d1 < tiny), tf.constant(1e-6, ndtype), 0.01 * d0 / tf.maximum(d1, tiny))
     h0 = tf.cast(h0, tdtype)
     y_euler = [y + tf.cast(direction * h0, y.dtype) * f for y, f in zip(y0, f0)]
     f_euler = fn(t0 + direction * h0, y_euler)
-    d2 = rms_norm([tf.cast(fe - f, ndtype) / s for fe, f, s in zip(f_euler, f0, scale)]) / tf.cast(h0, ndtype)
+    d2 = rms_norm([tf.cast(fe - f, ndtype) / s for fe, f, s in zip(f_euler, f0, scale)], mask)
+    d2 = d2 / tf.cast(h0, ndtype)
     d_max = tf.maximum(d1, d2)
     h1 = tf.where(
         d_max <= 1e-15,

@@ -1,4 +1,4 @@
-"""Seeded toy data generated locally (nothing is downloaded).
+"""Seeded toy data generated locally (nothing is downloaded): 2-D densities and time series.
 
 2-D densities of the FFJORD paper (Grathwohl et al. 2019, Fig. 2), each a
 float32 array ``[num_samples, 2]`` roughly standardised to ``[-4, 4]²``.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TOY_2D", "toy_2d"]
+__all__ = ["TOY_2D", "periodic_1d", "spirals_2d", "subsample", "toy_2d"]
 
 
 def _eight_gaussians(rng, n):
@@ -116,3 +116,118 @@ def toy_2d(name, num_samples, seed=0):
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
     rng = np.random.default_rng(seed)
     return TOY_2D[name](rng, int(num_samples)).astype(np.float32)
+
+
+def spirals_2d(
+    num_spirals=1000,
+    num_total=1000,
+    num_window=100,
+    t_stop=6 * np.pi,
+    a=0.0,
+    b=0.3,
+    noise_std=0.3,
+    seed=0,
+):
+    """Chen et al. (2018) spirals, following their ``generate_spiral2d`` protocol.
+
+    Two reference spirals are traced on ``num_total`` times ``linspace(0, t_stop)``:
+    counter-clockwise ``r = a + b θ``, ``(r cos θ + 5, r sin θ)`` with ``θ = t``, and
+    clockwise ``r = a + 50 b / θ``, ``(r cos θ - 5, r sin θ)`` with
+    ``θ = t_stop + 1 - t``. Each spiral takes one of them (exactly half of each,
+    shuffled), a window of ``num_window`` consecutive points starting at a
+    uniform index in ``[num_window, num_total - num_window)``, and Gaussian
+    noise of std ``noise_std`` on the observations. All windows share the
+    times ``ts = linspace(0, t_stop)[:num_window]`` (relative to the window start).
+
+    Args:
+        num_spirals: number of series (paper: 1000).
+        num_total: points on each reference spiral (paper: 1000).
+        num_window: points per series (paper: 100).
+        t_stop: end of the reference time grid (paper: 6π).
+        a, b: spiral parameters (paper: 0 and 0.3).
+        noise_std: observation noise (paper: 0.3).
+        seed: int seed.
+
+    Returns:
+        dict with ``times`` ``[num_window]`` float32 (shared), ``values``
+        ``[num_spirals, num_window, 2]`` noisy observations, ``clean``
+        ``[num_spirals, num_window, 2]`` noise-free, ``clean_full``
+        ``[num_spirals, num_total, 2]`` (the reference spiral each uses),
+        ``start`` ``[num_spirals]`` window start indices and ``clockwise`` ``[num_spirals]`` bools.
+    """
+    if num_total < 3 * num_window:
+        raise ValueError(f"num_total must be >= 3 * num_window, got {num_total} and {num_window}.")
+    rng = np.random.default_rng(seed)
+    ts = np.linspace(0.0, t_stop, num_total)
+    theta_cw = t_stop + 1.0 - ts
+    r_cw = a + 50.0 * b / theta_cw
+    clockwise_ref = np.stack([r_cw * np.cos(theta_cw) - 5.0, r_cw * np.sin(theta_cw)], axis=1)
+    r_cc = a + b * ts
+    counter_ref = np.stack([r_cc * np.cos(ts) + 5.0, r_cc * np.sin(ts)], axis=1)
+    clockwise = rng.permutation(np.arange(num_spirals) < num_spirals // 2)
+    start = rng.integers(num_window, num_total - num_window, num_spirals)
+    refs = np.where(clockwise[:, None, None], clockwise_ref[None], counter_ref[None])
+    window = start[:, None] + np.arange(num_window)[None]
+    clean = np.take_along_axis(refs, window[:, :, None], axis=1)
+    values = clean + rng.normal(scale=noise_std, size=clean.shape)
+    return {
+        "times": ts[:num_window].astype(np.float32),
+        "values": values.astype(np.float32),
+        "clean": clean.astype(np.float32),
+        "clean_full": refs.astype(np.float32),
+        "start": start,
+        "clockwise": clockwise,
+    }
+
+
+def periodic_1d(num_series=1000, num_times=100, t_max=5.0, noise_std=0.01, seed=0):
+    """Rubanova et al. (2019) style periodic toy series, irregularly sampled.
+
+    Each series is ``x(t) = amplitude * sin(2π t / period + phase)`` with
+    amplitude ``U(0.5, 1.5)``, period ``U(1, 3)``, phase ``U(0, 2π)``, observed
+    at ``num_times`` sorted uniform times in ``[0, t_max]`` (its own times),
+    shifted so the first observation is at ``t = 0``, plus noise.
+
+    Returns:
+        dict with ``times`` ``[num_series, num_times]``, ``values`` and ``clean``
+        ``[num_series, num_times, 1]``, all float32.
+    """
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.uniform(0.0, t_max, size=(num_series, num_times)), axis=1)
+    times = times - times[:, :1]
+    amplitude = rng.uniform(0.5, 1.5, size=(num_series, 1))
+    period = rng.uniform(1.0, 3.0, size=(num_series, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, size=(num_series, 1))
+    clean = amplitude * np.sin(2 * np.pi * times / period + phase)
+    values = clean + rng.normal(scale=noise_std, size=clean.shape)
+    return {
+        "times": times.astype(np.float32),
+        "values": values[..., None].astype(np.float32),
+        "clean": clean[..., None].astype(np.float32),
+    }
+
+
+def subsample(times, values, num_observed, seed=0):
+    """Keep ``num_observed`` random time points of each series (sorted).
+
+    Args:
+        times: ``[T]`` (shared) or ``[B, T]`` times.
+        values: ``[B, T, D]``.
+        num_observed: points kept per series, ``1 <= num_observed <= T``.
+        seed: int seed.
+
+    Returns:
+        ``(times [B, num_observed], values [B, num_observed, D])``, each
+        series with its own sorted times.
+    """
+    values = np.asarray(values)
+    batch, length = values.shape[:2]
+    if not 1 <= num_observed <= length:
+        raise ValueError(f"num_observed must be in [1, {length}], got {num_observed}.")
+    times = np.broadcast_to(np.asarray(times), (batch, length))
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.argsort(rng.uniform(size=(batch, length)), axis=1)[:, :num_observed], axis=1)
+    return (
+        np.take_along_axis(times, keep, axis=1).astype(np.float32),
+        np.take_along_axis(values, keep[:, :, None], axis=1).astype(np.float32),
+    )

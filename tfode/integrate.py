@@ -89,7 +89,8 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
         ``stats`` a ``SolverStats``.
     """
     with tf.name_scope("integrate"):
-        num_times = t.shape[0]
+        static_times = t.shape[0]  # None: a dynamic number of output times (graph mode)
+        num_times = static_times if static_times is not None else tf.shape(t)[0]
         t0, t_end = t[0], t[-1]
         direction = tf.sign(t_end - t0)
         direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
@@ -99,12 +100,12 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
         f0 = list(fn(t0, y0))
         num_fn_evals = tf.constant(1, tf.int32)
         if tableau.adaptive and options.first_step is None:
-            step0 = select_initial_step(fn, t0, y0, f0, direction, tableau.error_order, rtol, atol)
+            step0 = select_initial_step(fn, t0, y0, f0, direction, tableau.error_order, rtol, atol, error_mask)
             num_fn_evals += 1
         elif tableau.adaptive:
             step0 = options.first_step
         elif grid_mode:
-            step0 = tf.abs(t[min(1, num_times - 1)] - t0)
+            step0 = tf.abs(tf.gather(t, tf.minimum(1, num_times - 1)) - t0)
         else:
             step0 = options.step_size
         step0 = tf.clip_by_value(step0, options.min_step, options.max_step)
@@ -113,13 +114,14 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
         status = tf.where(_all_finite(y0) & _all_finite(f0), status, int(Status.NON_FINITE))
         if inputs_valid is not None:
             status = tf.where(inputs_valid, status, int(Status.INVALID_INPUT))
-        if num_times == 1:
-            status = tf.where(tf.equal(status, int(Status.RUNNING)), int(Status.SUCCESS), status)
+        if static_times is None or static_times == 1:
+            single = tf.equal(num_times, 1) & tf.equal(status, int(Status.RUNNING))
+            status = tf.where(single, int(Status.SUCCESS), status)
 
         # Only interior output times need dense output and a buffer: every step
         # sequence lands exactly on the last time, so with T <= 2 the loop
         # carries no buffer and no inner output loop.
-        dense = num_times > 2
+        dense = static_times is None or static_times > 2
         buffers = ()
         if dense:
             buffers = tuple(
@@ -154,7 +156,10 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
                 return accept & (index < num_times) & covered
 
             def body(index, buffers):
-                theta = tf.cast((time_at(index) - s.t) / (t1 - s.t), y1[0].dtype)
+                # A zero-length step (repeated output times) sits at theta = 1.
+                span = t1 - s.t
+                theta = tf.where(tf.equal(span, 0), tf.ones_like(span), (time_at(index) - s.t) / span)
+                theta = tf.cast(theta, y1[0].dtype)
                 values = dense_output(tableau, s.y, y1, stages, dt, theta)
                 return index + 1, tuple(b.write(index, v) for b, v in zip(buffers, values))
 

@@ -12,7 +12,7 @@ def dense_output(tableau, y0, y1, stages, dt, theta):
 
     ``y(theta) = y0 + dt * sum_i k_i * sum_j dense[i, j] theta**(j+1)``; the
     coefficients are the tableau's own continuous extension (4th order for
-    dopri5 and tsit5, the 6th-degree extension for dopri8) or the cubic
+    dopri5 and tsit5, the 6th-degree, 5th-order extension for dopri8) or the cubic
     Hermite interpolant for methods that have none.
 
     Args:

@@ -31,7 +31,8 @@ def rms_norm(leaves, mask=None):
         A scalar tensor; 0 when every leaf is masked out.
     """
     parts = [
-        tf.sqrt(tf.reduce_mean(tf.square(leaf)))
+        # sum / max(size, 1): an empty leaf (e.g. a zero-size batch) has norm 0, not NaN.
+        tf.sqrt(tf.reduce_sum(tf.square(leaf)) / tf.cast(tf.maximum(tf.size(leaf), 1), leaf.dtype))
         for i, leaf in enumerate(leaves)
         if mask is None or mask[i]
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import tensorflow as tf
@@ -61,8 +62,9 @@ def _parse_options(options, tableau, t, time_dtype):
     if unknown:
         raise ValueError(f"Unknown options {unknown}; valid options are: {', '.join(OPTION_NAMES)}.")
     max_num_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-    if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
-        raise ValueError(f"options['max_num_steps'] must be a positive Python int, got {max_num_steps!r}.")
+    if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, numbers.Integral) or max_num_steps < 1:
+        raise ValueError(f"options['max_num_steps'] must be a positive int, got {max_num_steps!r}.")
+    max_num_steps = int(max_num_steps)
 
     def scalar(name, default=None, allow_zero=False):
         value = options.get(name)
@@ -76,10 +78,10 @@ def _parse_options(options, tableau, t, time_dtype):
             f"options['step_size'] applies to fixed-step methods only; method {tableau.name!r} is adaptive "
             "(use 'first_step' or 'max_step')."
         )
-    if not tableau.adaptive and step_size is None and t.shape[0] <= 2:
+    if not tableau.adaptive and step_size is None and t.shape[0] == 2:
         raise ValueError(
             f"Fixed-step method {tableau.name!r} needs options['step_size'], or a grid of more than two "
-            f"times t to step on; got t of length {t.shape[0]} and no step_size."
+            "times t to step on; got t of length 2 and no step_size."
         )
     step_options = StepOptions(
         first_step=scalar("first_step"),
@@ -98,7 +100,7 @@ def _parse_options(options, tableau, t, time_dtype):
     return step_options, controller
 
 
-def prepare(func, y0, t, method, rtol, atol, options, args=()):
+def prepare(func, y0, t, method, rtol, atol, options, args=(), allow_repeated_times=False):
     """Validate the arguments of ``solve`` and convert them (internal)."""
     v.check_callable(func)
     if not isinstance(args, (tuple, list)):
@@ -106,7 +108,11 @@ def prepare(func, y0, t, method, rtol, atol, options, args=()):
     args = [tf.convert_to_tensor(a) for a in args]
     tableau = get_tableau(method)
     leaves, structure = v.as_state(y0)
-    t, t_valid = v.as_times(t, leaves[0].dtype)
+    t, t_valid = v.as_times(t, leaves[0].dtype, allow_repeats=allow_repeated_times)
+    if not tableau.adaptive:
+        # Fixed-step methods ignore tolerances (None is fine); the adjoint may still use them.
+        rtol = DEFAULT_RTOL if rtol is None else rtol
+        atol = DEFAULT_ATOL if atol is None else atol
     rtol_leaves, rtol_valid = v.as_tolerance("rtol", rtol, leaves, structure)
     atol_leaves, atol_valid = v.as_tolerance("atol", atol, leaves, structure)
     step_options, controller = _parse_options(options, tableau, t, t.dtype)
@@ -147,6 +153,7 @@ def solve(
     backward_stats=None,
     raise_on_failure=True,
     name=None,
+    _allow_repeated_times=False,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and report statistics.
 
@@ -190,6 +197,7 @@ def solve(
             graph runs (not under XLA, where Assert ops are dropped). If False,
             check ``solution.stats.status`` yourself.
         name: name scope.
+        _allow_repeated_times: internal; accept non-decreasing ``t`` with repeats.
 
     Returns:
         A ``Solution`` with ``ts`` ``[T]``, ``ys`` (structure of ``y0``, each
@@ -205,7 +213,7 @@ def solve(
         (TensorShape([5, 3]), 0)
     """
     with tf.name_scope(name or "solve"):
-        problem = prepare(func, y0, t, method, rtol, atol, options, args)
+        problem = prepare(func, y0, t, method, rtol, atol, options, args, _allow_repeated_times)
         forward = (problem.tableau, problem.rtol, problem.atol, problem.controller, problem.step_options)
         if adjoint:
             config = _adjoint_config(problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options,

@@ -427,7 +427,7 @@ DOPRI8 = ButcherTableau(
     b=_DOPRI8_B,
     b_error=tuple(x - y for x, y in zip(_DOPRI8_B, _DOPRI8_B_EMBEDDED)),
     dense=_dopri8_dense(),
-    citation="Prince & Dormand (1981), RK8(7)13M, with a 6th-degree continuous extension",
+    citation="Prince & Dormand (1981), RK8(7)13M, with a 6th-degree continuous extension (5th order)",
 )
 
 METHODS: dict[str, ButcherTableau] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ __all__ = ["ODELayer", "configure_solver"]
 
 
 def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
     return float(value)
 
@@ -89,6 +90,10 @@ class ODELayer(keras.layers.Layer):
                 f"vector_field must be a keras.layers.Layer with call(t, y), got {type(vector_field).__name__}."
             )
         self._method = get_tableau(method).name
+        if adjoint_method is not None:
+            adjoint_method = get_tableau(adjoint_method).name
+        if return_sequences and times is None:
+            raise ValueError("return_sequences=True needs times=[...] (the output times).")
         if times is None:
             t0, t1 = float(t0), float(t1)
             if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
@@ -99,8 +104,6 @@ class ODELayer(keras.layers.Layer):
             diffs = np.diff(times)
             if len(times) < 2 or not (np.all(diffs > 0) or np.all(diffs < 0)) or not np.all(np.isfinite(times)):
                 raise ValueError(f"times must hold >= 2 finite, strictly monotone values, got {times!r}.")
-        if return_sequences and len(times) < 2:
-            raise ValueError("return_sequences=True needs times.")
         if adjoint_norm not in ("seminorm", "full"):
             raise ValueError(f"adjoint_norm must be 'seminorm' or 'full', got {adjoint_norm!r}.")
         self.vector_field = vector_field

@@ -39,7 +39,7 @@ class TimeMLP(keras.layers.Layer):
         hidden: widths of the hidden layers, e.g. ``(64, 64)``.
         activation: Keras activation of the hidden layers (default ``"tanh"``;
             smooth activations keep the ODE non-stiff).
-        time_embedding: ``"concat"`` or ``"concatsquash"``.
+        time_embedding: ``"none"``, ``"concat"`` or ``"concatsquash"``.
         kernel_initializer: initializer of the weight matrices.
         zero_init_output: start with a zero output layer, so the flow starts as
             the identity (stable and cheap at initialisation).
@@ -62,8 +62,8 @@ class TimeMLP(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.hidden = _check_units("hidden", hidden)
-        if time_embedding not in ("concat", "concatsquash"):
-            raise ValueError(f"time_embedding must be 'concat' or 'concatsquash', got {time_embedding!r}.")
+        if time_embedding not in ("none", "concat", "concatsquash"):
+            raise ValueError(f"time_embedding must be 'none', 'concat' or 'concatsquash', got {time_embedding!r}.")
         self.activation = keras.activations.get(activation)
         self.time_embedding = time_embedding
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -83,7 +83,7 @@ class TimeMLP(keras.layers.Layer):
                 self.add_weight(shape=(fan_in + (1 if concat else 0), fan_out), initializer=init, name=f"kernel_{i}")
             )
             self._biases.append(self.add_weight(shape=(fan_out,), initializer="zeros", name=f"bias_{i}"))
-            if not concat:
+            if self.time_embedding == "concatsquash":
                 self._gates.append(self.add_weight(shape=(1, fan_out), initializer=self.kernel_initializer,
                                                    name=f"gate_{i}"))  # fmt: skip
                 self._gate_biases.append(self.add_weight(shape=(fan_out,), initializer="zeros", name=f"gate_bias_{i}"))
@@ -91,10 +91,12 @@ class TimeMLP(keras.layers.Layer):
 
     def call(self, t, y):
         h = y
-        t_col = _time_column(t, y)
+        t_col = None if self.time_embedding == "none" else _time_column(t, y)
         num_layers = len(self._kernels)
         for i in range(num_layers):
-            if self.time_embedding == "concat":
+            if self.time_embedding == "none":
+                h = ops.matmul(h, self._kernels[i]) + self._biases[i]
+            elif self.time_embedding == "concat":
                 h = ops.matmul(ops.concatenate([h, t_col], axis=-1), self._kernels[i]) + self._biases[i]
             else:
                 gate = ops.sigmoid(ops.matmul(t_col, self._gates[i]) + self._gate_biases[i])

@@ -1,0 +1,100 @@
+"""Irregularly sampled batches: validation, time gaps, and solves at per-series times.
+
+Batch format used by every latent model:
+
+* ``times``: ``[T]`` (shared by the batch) or ``[B, T]`` (each series its own),
+  non-decreasing within a series, ``>= 0``; the latent trajectory starts at ``t = 0``.
+* ``values``: ``[B, T, D]``; entries where ``mask == 0`` are ignored (may be NaN).
+* ``mask``: ``[B, T, D]`` of 0/1 (optional, default all ones). Padding a short
+  series = repeating its last time with an all-zero mask row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfode.solvers import solve
+
+__all__ = ["check_batch", "next_observed_gaps", "solve_at_series_times"]
+
+
+def check_batch(times, values, mask=None):
+    """Validate a batch held in numpy/eager tensors; raise clear errors.
+
+    Raises:
+        ValueError: mismatched shapes, decreasing or negative times within a
+            series, a series with no observed point, NaN in observed values.
+    """
+    times, values = np.asarray(times), np.asarray(values)
+    mask = np.ones_like(values) if mask is None else np.asarray(mask)
+    if values.ndim != 3:
+        raise ValueError(f"values must be [batch, time, features], got shape {values.shape}.")
+    if mask.shape != values.shape:
+        raise ValueError(f"mask must have values' shape {values.shape}, got {mask.shape}.")
+    if times.ndim not in (1, 2) or times.shape[-1] != values.shape[1]:
+        raise ValueError(f"times must be [time] or [batch, time] matching values {values.shape}, got {times.shape}.")
+    if times.ndim == 2 and times.shape[0] != values.shape[0]:
+        raise ValueError(f"times has batch {times.shape[0]} but values has batch {values.shape[0]}.")
+    if not np.all(np.isfinite(times)) or np.any(times < 0):
+        raise ValueError("times must be finite and >= 0 (the latent state starts at t = 0).")
+    if np.any(np.diff(times, axis=-1) < 0):
+        raise ValueError("times must be non-decreasing within each series.")
+    observed = mask > 0
+    if not np.all(observed.any(axis=(1, 2))):
+        empty = np.flatnonzero(~observed.any(axis=(1, 2)))
+        raise ValueError(f"series {empty.tolist()} have no observed point (mask all zero).")
+    if np.any(~np.isfinite(values[observed])):
+        raise ValueError("values contain NaN/Inf at observed (mask == 1) entries.")
+
+
+def next_observed_gaps(times, step_observed):
+    """Gap from each point to the next observed point of its series.
+
+    Args:
+        times: ``[B, T]``.
+        step_observed: ``[B, T]`` bool, any feature observed at that time.
+
+    Returns:
+        ``[B, T]``: ``t_next_observed - t_i`` (0 where no later point is observed).
+    """
+    later = tf.linalg.band_part(tf.ones_like(times[0:1, :, None] * times[0:1, None, :]), 0, -1)
+    later = later - tf.linalg.band_part(later, 0, 0)  # strictly upper: j > i
+    candidate = tf.where(
+        (later > 0) & step_observed[:, None, :], times[:, None, :], tf.constant(np.inf, times.dtype)
+    )
+    next_time = tf.reduce_min(candidate, axis=-1)
+    return tf.where(tf.math.is_finite(next_time), next_time - times, tf.zeros_like(times))
+
+
+def solve_at_series_times(func, z0, times, **solver_kwargs):
+    """Solve ``dz/dt = func(t, z)`` from ``z(0) = z0`` at shared or per-series times.
+
+    Per-series times ``[B, Q]`` are merged into one sorted grid (repeats
+    allowed) solved once for the whole batch; each series then reads its own
+    entries (the union-of-times approach).
+
+    Args:
+        func: vector field on ``[B, L]``.
+        z0: ``[B, L]`` at ``t = 0``.
+        times: ``[Q]`` or ``[B, Q]``, ``>= 0``, non-decreasing per series.
+        **solver_kwargs: passed to ``tfode.solve``.
+
+    Returns:
+        ``(zs, stats)``: ``zs`` ``[B, Q, L]``.
+    """
+    times = tf.convert_to_tensor(times)
+    zero = tf.zeros([1], times.dtype)
+    if times.shape.rank == 1:
+        grid = tf.concat([zero, times], axis=0)
+        solution = solve(func, z0, grid, _allow_repeated_times=True, **solver_kwargs)
+        return tf.transpose(solution.ys[1:], [1, 0, 2]), solution.stats
+    batch, length = tf.shape(times)[0], times.shape[1]
+    flat = tf.reshape(times, [-1])
+    order = tf.argsort(flat, stable=True)
+    grid = tf.concat([zero, tf.gather(flat, order)], axis=0)  # length 1 + B*Q, dynamic when B is
+    solution = solve(func, z0, grid, _allow_repeated_times=True, **solver_kwargs)
+    position = tf.math.invert_permutation(order) + 1  # row of each (series, query) in the grid
+    series = tf.repeat(tf.range(batch), length)
+    zs = tf.gather_nd(solution.ys, tf.stack([position, series], axis=1))
+    return tf.reshape(zs, [batch, length, -1]), solution.stats
