@@ -5,11 +5,13 @@ Public API:
     Solution, SolverStats, Status, IntegrationError: what a solve returns or raises.
     BackwardStats: counters of the adjoint's backward pass.
     ContinuousFlowBijector: a continuous normalizing flow as a TFP bijector.
+    serving.export, solver_tolerances: TF Serving exports with a per-request tolerance knob.
     ODELayer, layers: Keras ODE-Net layer and vector-field blocks (tfode.layers.TimeMLP, ...).
     ButcherTableau, method_names: the methods, as data.
 """
 
-from tfode import datasets, layers, models
+from tfode import datasets, layers, models, serving
+from tfode._overrides import solver_tolerances
 from tfode.adjoint import BackwardStats
 from tfode.bijectors import ContinuousFlowBijector
 from tfode.layers import ODELayer
@@ -25,6 +27,8 @@ __all__ = [
     "datasets",
     "layers",
     "models",
+    "serving",
+    "solver_tolerances",
     "BackwardStats",
     "ButcherTableau",
     "IntegrationError",

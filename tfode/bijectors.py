@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
+from tfode._overrides import current_tolerances
 from tfode.solvers import solve
 
 __all__ = ["ContinuousFlowBijector"]
@@ -62,6 +63,16 @@ def _augmented_dynamics(field, trace, noise, regularize):
         return (dz, divergence, kinetic, frobenius)
 
     return dynamics
+
+
+class _GraphSolves:
+    """Holds the eager-mode graph solves out of TF's object tracking (not saved)."""
+
+    def __init__(self, by_direction):
+        self.by_direction = by_direction
+
+    def __getitem__(self, direction):
+        return self.by_direction[direction]
 
 
 class ContinuousFlowBijector(tfp.bijectors.Bijector):
@@ -136,11 +147,11 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             self._noise_generator = tf.random.Generator.from_seed(int(seed))
             # Eagerly, the adjoint stops outer tapes during its forward loop, which
             # would also stop the trace's own tape: run eager solves as a graph.
-            self._solve_in_graph = {
+            self._solve_in_graph = _GraphSolves({
                 direction: tf.function(lambda z, d=direction: self._solve(z, *d), autograph=False,
                                        reduce_retracing=True)
                 for direction in ((self._t0, self._t1), (self._t1, self._t0))
-            }  # fmt: skip
+            })  # fmt: skip
             super().__init__(
                 forward_min_event_ndims=1, validate_args=validate_args, parameters=parameters, name=name
             )
@@ -175,7 +186,12 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         zeros = tf.zeros(tf.shape(z)[:-1], z.dtype)
         state = (z, zeros, zeros, zeros) if self._regularize else (z, zeros)
         times = tf.constant([t_start, t_end], dtype=tf.float64 if z.dtype == tf.float64 else tf.float32)
-        final = tf.nest.map_structure(lambda x: x[-1], solve(dynamics, state, times, **self._solver_kwargs).ys)
+        solver = dict(self._solver_kwargs)
+        override = current_tolerances()
+        if override is not None:
+            solver["rtol"], solver["atol"] = override
+        solution = solve(dynamics, state, times, **solver)
+        final = tf.nest.map_structure(lambda x: x[-1], solution.ys)
         regularization = {}
         if self._regularize:
             # Integrated backwards the accumulators are negative; report magnitudes.

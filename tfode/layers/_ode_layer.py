@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfode._overrides import current_tolerances
 from tfode.layers._metrics import VariableValue
 from tfode.solvers import solve
 from tfode.tableaus import get_tableau
@@ -180,6 +181,11 @@ class ODELayer(keras.layers.Layer):
         def field(t, y):
             return self.vector_field(t, y)
 
+        override = current_tolerances()
+        if override is not None:
+            rtol, atol = (tf.cast(x, tf.float32) for x in override)
+        else:
+            rtol, atol = tf.convert_to_tensor(self._rtol), tf.convert_to_tensor(self._atol)
         # Inference graphs (predict, export) need no custom gradient.
         use_adjoint = self.adjoint and training is not False
         times = tf.constant(self.times, dtype=tf.float64 if inputs.dtype == tf.float64 else tf.float32)
@@ -188,8 +194,8 @@ class ODELayer(keras.layers.Layer):
             inputs,
             times,
             method=self._method,
-            rtol=tf.convert_to_tensor(self._rtol),
-            atol=tf.convert_to_tensor(self._atol),
+            rtol=rtol,
+            atol=atol,
             options=self.options or None,
             adjoint=use_adjoint,
             adjoint_method=self.adjoint_method,

@@ -89,7 +89,7 @@ def solve_at_series_times(func, z0, times, **solver_kwargs):
         grid = tf.concat([zero, times], axis=0)
         solution = solve(func, z0, grid, _allow_repeated_times=True, **solver_kwargs)
         return tf.transpose(solution.ys[1:], [1, 0, 2]), solution.stats
-    batch, length = tf.shape(times)[0], times.shape[1]
+    batch, length = tf.shape(times)[0], tf.shape(times)[1]
     flat = tf.reshape(times, [-1])
     order = tf.argsort(flat, stable=True)
     grid = tf.concat([zero, tf.gather(flat, order)], axis=0)  # length 1 + B*Q, dynamic when B is

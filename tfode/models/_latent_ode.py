@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfode._overrides import current_tolerances
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
 from tfode.models._irregular import check_batch, solve_at_series_times
@@ -146,9 +147,26 @@ class LatentODE(keras.Model):
 
     def latent_trajectory(self, z0, query_times):
         """``z`` at the query times, ``[B, Q, latent_dim]``, from ``z(0) = z0``."""
-        zs, stats = solve_at_series_times(lambda t, z: self.field(t, z), z0, query_times, **self.solver)
+        zs, stats = self._solve_latent(z0, query_times)
         self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
         return zs
+
+    def _solve_latent(self, z0, query_times):
+        solver = dict(self.solver)
+        override = current_tolerances()
+        if override is not None:
+            solver["rtol"], solver["atol"] = override
+        return solve_at_series_times(lambda t, z: self.field(t, z), z0, query_times, **solver)
+
+    def predict_mean(self, times, values, mask, query_times):
+        """Posterior-mean prediction without side effects (serving).
+
+        Returns:
+            ``(mean [B, Q, D], num_fn_evals)`` of the latent solve.
+        """
+        mean, _ = self.encoder(times, values, mask)
+        zs, stats = self._solve_latent(mean, query_times)
+        return self.decoder(zs), stats.num_fn_evals
 
     def call(self, inputs, training=None):
         times, values, mask, query = self._unpack(inputs)

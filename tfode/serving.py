@@ -1,0 +1,177 @@
+"""Export tfode models as SavedModels for TF Serving.
+
+``export(model, export_dir)`` writes ``export_dir/<version>/`` with named
+signatures traced WITHOUT XLA (TF Serving's GPU build cannot run
+XLA-clustered graphs), float32, and no Python-bound ops, so TensorFlow's C++
+loader serves it without Python or tfode.
+
+Signatures:
+    LatentODE:
+        ``serving_default(observed_times [B, T], observed_values [B, T, D],
+        observed_mask [B, T, D], query_times [B, Q])`` ->
+        ``{"mean": [B, Q, D], "num_fn_evals": []}``;
+        ``predict_with_tolerance``: the same plus scalar ``rtol``, ``atol``.
+    ContinuousFlow:
+        ``serving_default``/``log_prob(x [B, D])`` -> ``{"log_prob": [B]}``;
+        ``predict_with_tolerance(x, rtol, atol)``;
+        ``sample(num_samples [], seed [2] int32)`` -> ``{"samples": [N, D]}``.
+    Any other Keras model (e.g. with ``ODELayer``s), one input:
+        ``serving_default(inputs)`` -> ``{"outputs": ..., "num_fn_evals": []}``;
+        ``predict_with_tolerance(inputs, rtol, atol)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import keras
+import tensorflow as tf
+
+from tfode._overrides import solver_tolerances
+from tfode.layers._ode_layer import ODELayer
+from tfode.models._flow_model import ContinuousFlow
+from tfode.models._latent_ode import LatentODE
+
+__all__ = ["export", "next_version"]
+
+_SCALAR = tf.TensorSpec([], tf.float32)
+
+
+def next_version(export_dir):
+    """The next free integer version under ``export_dir`` (1 when empty)."""
+    if not os.path.isdir(export_dir):
+        return 1
+    versions = [int(name) for name in os.listdir(export_dir) if re.fullmatch(r"\d+", name)]
+    return max(versions, default=0) + 1
+
+
+def _latent_module(model):
+    module = tf.Module()
+    module.model = model
+    dim = model.obs_dim
+    specs = [
+        tf.TensorSpec([None, None], tf.float32, name="observed_times"),
+        tf.TensorSpec([None, None, dim], tf.float32, name="observed_values"),
+        tf.TensorSpec([None, None, dim], tf.float32, name="observed_mask"),
+        tf.TensorSpec([None, None], tf.float32, name="query_times"),
+    ]
+
+    def predict(times, values, mask, query):
+        mean, nfe = model.predict_mean(times, values, mask, query)
+        return {"mean": mean, "num_fn_evals": nfe}
+
+    @tf.function(input_signature=specs, jit_compile=False, autograph=False)
+    def serving_default(observed_times, observed_values, observed_mask, query_times):
+        return predict(observed_times, observed_values, observed_mask, query_times)
+
+    tol_specs = specs + [tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")]
+
+    @tf.function(input_signature=tol_specs, jit_compile=False, autograph=False)
+    def predict_with_tolerance(observed_times, observed_values, observed_mask, query_times, rtol, atol):
+        with solver_tolerances(rtol, atol):
+            return predict(observed_times, observed_values, observed_mask, query_times)
+
+    return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
+
+
+def _flow_module(model):
+    module = tf.Module()
+    module.model = model
+    x_spec = tf.TensorSpec([None, model.dim], tf.float32, name="x")
+
+    @tf.function(input_signature=[x_spec], jit_compile=False, autograph=False)
+    def log_prob(x):
+        return {"log_prob": model(x, training=False)}
+
+    @tf.function(
+        input_signature=[x_spec, tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")],
+        jit_compile=False,
+        autograph=False,
+    )
+    def predict_with_tolerance(x, rtol, atol):
+        with solver_tolerances(rtol, atol):
+            return {"log_prob": model(x, training=False)}
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")],
+        jit_compile=False,
+        autograph=False,
+    )
+    def sample(num_samples, seed):
+        z = tf.random.stateless_normal(tf.stack([num_samples, model.dim]), seed)
+        return {"samples": model.bijector.forward(z)}
+
+    return module, {
+        "serving_default": log_prob,
+        "log_prob": log_prob,
+        "predict_with_tolerance": predict_with_tolerance,
+        "sample": sample,
+    }
+
+
+def _keras_module(model):
+    if len(model.inputs) != 1:
+        raise ValueError(f"export supports Keras models with one input, got {len(model.inputs)}.")
+    ode_layers = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, ODELayer)]
+    module = tf.Module()
+    module.model = model
+    spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="inputs")
+
+    def predict(inputs):
+        outputs = model(inputs, training=False)
+        with tf.control_dependencies(tf.nest.flatten(outputs)):
+            nfe = tf.add_n([tf.cast(layer.num_fn_evals_forward, tf.int32) for layer in ode_layers] or [0])
+        return {"outputs": outputs, "num_fn_evals": nfe}
+
+    @tf.function(input_signature=[spec], jit_compile=False, autograph=False)
+    def serving_default(inputs):
+        return predict(inputs)
+
+    @tf.function(
+        input_signature=[spec, tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")],
+        jit_compile=False,
+        autograph=False,
+    )
+    def predict_with_tolerance(inputs, rtol, atol):
+        with solver_tolerances(rtol, atol):
+            return predict(inputs)
+
+    return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
+
+
+def export(model, export_dir, *, version=None):
+    """Write ``model`` as a TF Serving SavedModel ``export_dir/<version>/``.
+
+    Args:
+        model: a ``tfode.models.LatentODE``, ``tfode.models.ContinuousFlow`` or
+            a built single-input Keras model (e.g. containing ``tfode.ODELayer``).
+        export_dir: the model's base path (what ``--model_base_path`` points to).
+        version: positive int; default the next free version.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: unbuilt model, bad version, or an existing version directory.
+        TypeError: unsupported model type.
+    """
+    if version is None:
+        version = next_version(export_dir)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}.")
+    path = os.path.join(export_dir, str(version))
+    if os.path.exists(path):
+        raise ValueError(f"{path} already exists; pass another version or remove it.")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError("build the model (call it once or fit it) before exporting.")
+    if isinstance(model, LatentODE):
+        module, signatures = _latent_module(model)
+    elif isinstance(model, ContinuousFlow):
+        module, signatures = _flow_module(model)
+    else:
+        module, signatures = _keras_module(model)
+    tf.saved_model.save(module, path, signatures=signatures)
+    return path
