@@ -170,10 +170,13 @@ class ODELayer(keras.layers.Layer):
         self._atol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._initial_atol),
                                      trainable=False, name="atol", dtype="float32")  # fmt: skip
         # Cost of the last forward/backward solve; the metrics below report them.
+        # Written in replica context under tf.distribute: report the mean over replicas.
         self.num_fn_evals_forward = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                    name="nfe_forward", dtype="float32")  # fmt: skip
+                                                    name="nfe_forward", dtype="float32",
+                                                    aggregation="mean")  # fmt: skip
         self.num_fn_evals_backward = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                     name="nfe_backward", dtype="float32")  # fmt: skip
+                                                     name="nfe_backward", dtype="float32",
+                                                     aggregation="mean")  # fmt: skip
         self.nfe_forward = VariableValue(self.num_fn_evals_forward, name="nfe_forward")
         self.nfe_backward = VariableValue(self.num_fn_evals_backward, name="nfe_backward")
 

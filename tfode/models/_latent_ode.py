@@ -110,7 +110,8 @@ class LatentODE(keras.Model):
             [keras.layers.Dense(h, activation="relu") for h in self.decoder_hidden] + [keras.layers.Dense(obs_dim)]
         )
         self.num_fn_evals_forward = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                    name="nfe_forward", dtype="float32")  # fmt: skip
+                                                    name="nfe_forward", dtype="float32",
+                                                    aggregation="mean")  # fmt: skip
 
     def build(self, input_shape):
         self.field.build((), (None, self.latent_dim))
