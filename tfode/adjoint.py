@@ -109,8 +109,9 @@ def _dense(gradient, like):
     return tf.convert_to_tensor(gradient)
 
 
-def adjoint_integrate(make_fn, y0, t, args, tableau, rtol, atol, controller, options, config, *,
-                      inputs_valid=None, backward_stats=None):
+def adjoint_integrate(
+    make_fn, y0, t, args, tableau, rtol, atol, controller, options, config, *, inputs_valid=None, backward_stats=None
+):
     """Forward solve whose gradient is computed by the adjoint method.
 
     Args:
@@ -177,8 +178,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
     fn = make_fn(args)
 
     def f_at(index):
-        return fn(t[index] if isinstance(index, int) else tf.gather(t, index),
-                  [tf.gather(y, index) for y in ys])
+        return fn(t[index] if isinstance(index, int) else tf.gather(t, index), [tf.gather(y, index) for y in ys])
 
     def cotangent_at(index):
         return [tf.gather(c, index) for c in cotangents]
@@ -194,9 +194,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
             tape.watch(args)
             tape.watch(variables)
             fy = make_fn(args)(time, y)
-        vjps = tape.gradient(
-            fy, y + params, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+        vjps = tape.gradient(fy, y + params, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         vjps = [_dense(v, like) for v, like in zip(vjps, y + param_templates)]
         return list(fy) + [-v for v in vjps]
 

@@ -152,9 +152,7 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
                                        reduce_retracing=True)
                 for direction in ((self._t0, self._t1), (self._t1, self._t0))
             })  # fmt: skip
-            super().__init__(
-                forward_min_event_ndims=1, validate_args=validate_args, parameters=parameters, name=name
-            )
+            super().__init__(forward_min_event_ndims=1, validate_args=validate_args, parameters=parameters, name=name)
 
     @classmethod
     def _parameter_properties(cls, dtype):

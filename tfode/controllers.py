@@ -62,9 +62,7 @@ class PIController:
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}.")
         if not self.min_factor <= 1 <= self.max_factor:
-            raise ValueError(
-                f"need min_factor <= 1 <= max_factor, got {self.min_factor!r}, {self.max_factor!r}."
-            )
+            raise ValueError(f"need min_factor <= 1 <= max_factor, got {self.min_factor!r}, {self.max_factor!r}.")
 
     def exponents(self, error_order: int) -> tuple[float, float]:
         beta2 = 0.0 if self.beta2 is None else self.beta2

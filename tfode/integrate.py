@@ -189,9 +189,7 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
                 stuck = tf.logical_not(accept) & (
                     (step <= options.min_step) | tf.equal(s.t + direction * next_step, s.t)
                 )
-                failure = tf.where(
-                    tf.math.is_finite(ratio), int(Status.STEP_SIZE_UNDERFLOW), int(Status.NON_FINITE)
-                )
+                failure = tf.where(tf.math.is_finite(ratio), int(Status.STEP_SIZE_UNDERFLOW), int(Status.NON_FINITE))
                 failure = tf.where(stuck, failure, int(Status.RUNNING))
             else:
                 accept = _all_finite(y1)
@@ -237,9 +235,7 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
             return index + 1, tuple(b.write(index, v) for b, v in zip(buffers, nan))
 
         if dense:
-            _, buffers = tf.while_loop(
-                fill_cond, fill_body, (final.index, final.buffers), maximum_iterations=num_times
-            )
+            _, buffers = tf.while_loop(fill_cond, fill_body, (final.index, final.buffers), maximum_iterations=num_times)
             ys = [b.stack() for b in buffers]
         else:
             reached = final.index >= num_times

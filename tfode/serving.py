@@ -85,7 +85,11 @@ def _flow_module(model):
         return {"log_prob": model(x, training=False)}
 
     @tf.function(
-        input_signature=[x_spec, tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")],
+        input_signature=[
+            x_spec,
+            tf.TensorSpec([], tf.float32, name="rtol"),
+            tf.TensorSpec([], tf.float32, name="atol"),
+        ],
         jit_compile=False,
         autograph=False,
     )

@@ -32,8 +32,7 @@ STATUS_MESSAGES = {
     ),
     Status.NON_FINITE: "the state or its derivative became NaN or infinite",
     Status.INVALID_INPUT: (
-        "invalid input seen inside the graph: tolerances must be positive and finite, "
-        "t strictly monotone and finite"
+        "invalid input seen inside the graph: tolerances must be positive and finite, t strictly monotone and finite"
     ),
 }
 

@@ -9,9 +9,9 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tfode import _validation as v
+from tfode.adjoint import AdjointConfig, adjoint_integrate
 from tfode.controllers import PIController
 from tfode.integrate import StepOptions, integrate
-from tfode.adjoint import AdjointConfig, adjoint_integrate
 from tfode.solution import Solution
 from tfode.solution import raise_on_failure as raise_on_failure_
 from tfode.tableaus import ButcherTableau, get_tableau
@@ -262,8 +262,9 @@ def _adjoint_config(problem, method, rtol, atol, options, norm, raise_on_failure
 
 
 @tf.autograph.experimental.do_not_convert
-def odeint(func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, options=None, name=None,
-           **adjoint_kwargs):
+def odeint(
+    func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, options=None, name=None, **adjoint_kwargs
+):
     """Integrate ``dy/dt = func(t, y)`` and return the states at the times ``t``.
 
     The same arguments as ``tfode.solve`` (``args``, ``adjoint`` and the

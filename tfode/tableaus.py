@@ -93,8 +93,7 @@ class ButcherTableau:
         dense = np.asarray(dense, dtype=np.float64)
         if dense.shape[0] != self.num_extended_stages:
             raise ValueError(
-                f"{self.name}: dense output has {dense.shape[0]} rows, "
-                f"expected {self.num_extended_stages}."
+                f"{self.name}: dense output has {dense.shape[0]} rows, expected {self.num_extended_stages}."
             )
         at_one = dense.sum(axis=1)
         b_ext = np.concatenate([self.b, np.zeros(self.num_extended_stages - s)])
@@ -325,7 +324,8 @@ def _tsit5_dense():
     mul = npoly.polymul
     t2 = [0.0, 0.0, 1.0]
     polys = [
-        -1.0530884977290216 * mul(mul([0, 1.0], [-1.3299890189751412, 1.0]), [0.7139816917074209, -1.4364028541716351, 1.0]),
+        -1.0530884977290216
+        * mul(mul([0, 1.0], [-1.3299890189751412, 1.0]), [0.7139816917074209, -1.4364028541716351, 1.0]),
         0.1017 * mul(t2, [1.2949852507374631, -2.1966568338249754, 1.0]),
         2.490627285651252793 * mul(t2, [1.57803468208092486, -2.38535645472061657, 1.0]),
         -16.54810288924490272 * mul(mul([-1.21712927295533244, 1.0], [-0.61620406037800089, 1.0]), t2),
@@ -340,7 +340,15 @@ TSIT5 = ButcherTableau(
     name="tsit5",
     order=5,
     embedded_order=4,
-    c=(0.0, 0.161, 0.327, 0.9, 0.9800255409045096857298102862870245954942137979563024768854764293221195950761080302604, 1.0, 1.0),  # fmt: skip
+    c=(
+        0.0,
+        0.161,
+        0.327,
+        0.9,
+        0.9800255409045096857298102862870245954942137979563024768854764293221195950761080302604,
+        1.0,
+        1.0,
+    ),  # fmt: skip
     a=_TSIT5_A + (_TSIT5_B[:6],),
     b=_TSIT5_B,
     b_error=tuple(x - y for x, y in zip(_TSIT5_B, _TSIT5_B_EMBEDDED)),
@@ -431,8 +439,7 @@ DOPRI8 = ButcherTableau(
 )
 
 METHODS: dict[str, ButcherTableau] = {
-    tableau.name: tableau
-    for tableau in (DOPRI5, TSIT5, BOSH3, FEHLBERG2, ADAPTIVE_HEUN, DOPRI8, EULER, MIDPOINT, RK4)
+    tableau.name: tableau for tableau in (DOPRI5, TSIT5, BOSH3, FEHLBERG2, ADAPTIVE_HEUN, DOPRI8, EULER, MIDPOINT, RK4)
 }
 
 

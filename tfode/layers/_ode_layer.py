@@ -162,9 +162,7 @@ class ODELayer(keras.layers.Layer):
         if len(out_shape) != len(input_shape) or any(
             a is not None and b is not None and a != b for a, b in zip(out_shape[1:], input_shape[1:])
         ):
-            raise ValueError(
-                f"vector_field must return dy/dt with the input's shape {input_shape}, got {out_shape}."
-            )
+            raise ValueError(f"vector_field must return dy/dt with the input's shape {input_shape}, got {out_shape}.")
         self._rtol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._initial_rtol),
                                      trainable=False, name="rtol", dtype="float32")  # fmt: skip
         self._atol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._initial_atol),

@@ -100,7 +100,9 @@ class TimeMLP(keras.layers.Layer):
                 h = ops.matmul(ops.concatenate([h, t_col], axis=-1), self._kernels[i]) + self._biases[i]
             else:
                 gate = ops.sigmoid(ops.matmul(t_col, self._gates[i]) + self._gate_biases[i])
-                h = (ops.matmul(h, self._kernels[i]) + self._biases[i]) * gate + ops.matmul(t_col, self._time_kernels[i])
+                h = (ops.matmul(h, self._kernels[i]) + self._biases[i]) * gate + ops.matmul(
+                    t_col, self._time_kernels[i]
+                )
             if i < num_layers - 1:
                 h = self.activation(h)
         return h

@@ -60,9 +60,7 @@ def next_observed_gaps(times, step_observed):
     """
     later = tf.linalg.band_part(tf.ones_like(times[0:1, :, None] * times[0:1, None, :]), 0, -1)
     later = later - tf.linalg.band_part(later, 0, 0)  # strictly upper: j > i
-    candidate = tf.where(
-        (later > 0) & step_observed[:, None, :], times[:, None, :], tf.constant(np.inf, times.dtype)
-    )
+    candidate = tf.where((later > 0) & step_observed[:, None, :], times[:, None, :], tf.constant(np.inf, times.dtype))
     next_time = tf.reduce_min(candidate, axis=-1)
     return tf.where(tf.math.is_finite(next_time), next_time - times, tf.zeros_like(times))
 

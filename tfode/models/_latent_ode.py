@@ -131,10 +131,10 @@ class LatentODE(keras.Model):
             raise ValueError(f"values must be [batch, time, features], got shape {values.shape}.")
         if mask.shape.rank is not None and not mask.shape.is_compatible_with(values.shape):
             raise ValueError(f"mask must have values' shape {values.shape}, got {mask.shape}.")
-        if times.shape.rank not in (1, 2) or not tf.TensorShape(times.shape[-1:]).is_compatible_with(
-            values.shape[1:2]
-        ):
-            raise ValueError(f"times must be [time] or [batch, time] matching values {values.shape}, got {times.shape}.")
+        if times.shape.rank not in (1, 2) or not tf.TensorShape(times.shape[-1:]).is_compatible_with(values.shape[1:2]):
+            raise ValueError(
+                f"times must be [time] or [batch, time] matching values {values.shape}, got {times.shape}."
+            )
         if query.shape.rank not in (1, 2):
             raise ValueError(f"query_times must be [query] or [batch, query], got shape {query.shape}.")
         if tf.executing_eagerly():
