@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfode._keras_utils import from_config_with_nested
 from tfode._overrides import current_tolerances
 from tfode.layers._metrics import VariableValue
 from tfode.solvers import solve
@@ -238,9 +239,7 @@ class ODELayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
-        return cls(**config)
+        return from_config_with_nested(cls, config, "vector_field")
 
 
 class _BackwardRecorder:

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfode._keras_utils import from_config_with_nested
 from tfode.bijectors import ContinuousFlowBijector
 
 __all__ = ["ContinuousFlow"]
@@ -113,6 +114,4 @@ class ContinuousFlow(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
-        return cls(**config)
+        return from_config_with_nested(cls, config, "vector_field")
