@@ -83,6 +83,8 @@ def _parse_options(options, tableau, t, time_dtype):
             f"Fixed-step method {tableau.name!r} needs options['step_size'], or a grid of more than two "
             "times t to step on; got t of length 2 and no step_size."
         )
+    if not tableau.adaptive and "max_num_steps" not in options:
+        max_num_steps = _fixed_step_budget(t, step_size, max_num_steps)
     step_options = StepOptions(
         first_step=scalar("first_step"),
         min_step=scalar("min_step", tf.zeros([], time_dtype), allow_zero=True),
@@ -98,6 +100,25 @@ def _parse_options(options, tableau, t, time_dtype):
         }
     )
     return step_options, controller
+
+
+def _fixed_step_budget(t, step_size, default):
+    """Exact step count of a fixed-step solve when ``t`` and ``step_size`` are static.
+
+    It bounds the loop, and under XLA it sizes the buffers that backpropagation
+    through the loop (``adjoint=False``) preallocates, so a tight bound saves
+    memory (10 000 default steps of a [8, 256] state cost ~300 MiB).
+    """
+    times = v._static_value(t)
+    if times is None or t.shape[0] is None:
+        return default
+    if step_size is None:
+        return max(t.shape[0] - 1, 1)
+    size = v._static_value(step_size)
+    if size is None:
+        return default
+    # +2: round-off in the step count and the stretched last step.
+    return int(math.ceil(abs(float(times[-1]) - float(times[0])) / float(size))) + 2
 
 
 def prepare(func, y0, t, method, rtol, atol, options, args=(), allow_repeated_times=False):
