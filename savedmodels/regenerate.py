@@ -193,7 +193,7 @@ def main(argv=None):
     keras.utils.set_random_seed(0)
     # Epochs (latent ODE, ODE-Net) or steps (CNF). Tracing the training step costs most of the
     # time on a CPU (15-45 s per model); the steps themselves take milliseconds.
-    budget = {"latent_ode_spiral": 1 if args.quick else 25, "odenet": 1 if args.quick else 10,
+    budget = {"latent_ode_spiral": 1 if args.quick else 20, "odenet": 1 if args.quick else 10,
               "cnf_8gaussians": 3 if args.quick else 200}  # fmt: skip
     total = time.perf_counter()
     for name in args.models.split(","):
