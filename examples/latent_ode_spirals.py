@@ -53,9 +53,11 @@ per-series ``times [B, T]``, ``values``/``mask`` ``[B, T, 2]`` and
 ``tf.saved_model.load`` and checked against the Keras model.
 
 Run (from the repository root):
-    PYTHONPATH=. python examples/latent_ode_spirals.py --quick     # ~1-2 minutes on 2 CPU cores
-    PYTHONPATH=. python examples/latent_ode_spirals.py --epochs 100
+    PYTHONPATH=. python examples/latent_ode_spirals.py --quick      # smoke run, ~95 s of CPU
+    PYTHONPATH=. python examples/latent_ode_spirals.py --epochs 60  # ~12 min of CPU, 27 min wall on a loaded 2-core box
     PYTHONPATH=. python examples/latent_ode_spirals.py --n-obs 30 --epochs 300
+
+Measured numbers, commands and timings: ``examples/RESULTS_latent_ode_spirals.md``.
 
 Writes to ``--out`` (default ``outputs/``): ``latent_ode_spirals_n{n}.png``
 (fitted and extrapolated trajectories of a few test spirals; needs
