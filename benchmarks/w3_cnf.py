@@ -23,7 +23,11 @@ thread; everything of one framework timed round-robin in one process):
                   first_step_size=1e-3; its gradient is TFP's built-in adjoint), same
                   process and variables as tfode.
     diffrax-backsolve   the same CNF in JAX: augmented state (z, log-det), exact trace
-                  from jax.vmap(jax.jacfwd(f)) per point, integrated in reversed time
+                  by forward mode (jax.jacfwd's one JVP per basis vector, each tangent
+                  broadcast over the batch: one batched JVP per Jacobian column; the same
+                  values from jax.vmap(jax.jacfwd(f)) or jax.vmap(jax.jacrev(f)) per point,
+                  or from a jax.vmap over the basis, measured 1.3-2.5x (checkpoint) and
+                  3.8-5.1x (backsolve) slower), integrated in reversed time
                   s = 1 - t (dz/ds = -f(1 - s, z)) with diffeqsolve(Dopri5(), 0, 1,
                   dt0=None, PIDController(rtol, atol), adjoint=BacksolveAdjoint()),
                   under jax.jit(jax.value_and_grad).
@@ -293,22 +297,30 @@ def _jax_setup(x64):
 def _diffrax_mean_log_p(jax, jnp, diffrax, adjoint, rtol, atol, on_eval=None, max_steps=4096):
     """``mean_log_p(params, x)`` for the W3 CNF; ``params`` in row convention."""
 
-    def field_one(t, z, p):  # z: [2]
+    def field(t, z, p):  # z: [batch, 2]
         w0, b0, w1, b1, w2, b2, w3, b3 = p
-        h = jnp.tanh(w0 @ jnp.concatenate([z, jnp.reshape(t, (1,)).astype(z.dtype)]) + b0)
-        h = jnp.tanh(w1 @ h + b1)
-        h = jnp.tanh(w2 @ h + b2)
-        return w3 @ h + b3
+        t_col = jnp.full((z.shape[0], 1), t, z.dtype)
+        h = jnp.tanh(jnp.concatenate([z, t_col], axis=1) @ w0.T + b0)
+        h = jnp.tanh(h @ w1.T + b1)
+        h = jnp.tanh(h @ w2.T + b2)
+        return h @ w3.T + b3
 
-    field = jax.vmap(field_one, in_axes=(None, 0, None))
-    jacobian = jax.vmap(jax.jacfwd(field_one, argnums=1), in_axes=(None, 0, None))
+    def divergence(t, z, p):
+        # jax.jacfwd specialised to the batch-diagonal Jacobian of the batched field: jacfwd
+        # takes one JVP per basis vector; here each basis tangent is broadcast over the batch,
+        # so one batched JVP gives column i of every point's Jacobian.
+        total = jnp.zeros(z.shape[0], z.dtype)
+        for i in range(z.shape[1]):
+            tangent = jnp.zeros_like(z).at[:, i].set(1.0)
+            total = total + jax.jvp(lambda z: field(t, z, p), (z,), (tangent,))[1][:, i]
+        return total
 
     def dynamics(s, state, p):  # reversed time s = 1 - t: from the data (s = 0) to the base (s = 1)
         if on_eval is not None:
             jax.debug.callback(on_eval)
         z, _ = state
         t = 1.0 - s
-        return -field(t, z, p), -jnp.trace(jacobian(t, z, p), axis1=1, axis2=2)
+        return -field(t, z, p), -divergence(t, z, p)
 
     term = diffrax.ODETerm(dynamics)
 
