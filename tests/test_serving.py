@@ -143,26 +143,6 @@ class Export:
         return {"outputs": outputs, "num_fn_evals": sum(int(layer.num_fn_evals_forward) for layer in layers)}
 
 
-def _export_fixed(model, path):
-    """The workaround for the C++-loader bug (see test_c_loader_matches_python): export.
-
-    ``tfode.serving``'s own signatures, but the module tracks the models' underlying
-    ``tf.Variable``s instead of the Keras model (as keras' ExportArchive does), and no
-    custom gradients are saved.
-    """
-    if isinstance(model, tfode.models.LatentODE):
-        module, signatures = serving._latent_module(model)
-    elif isinstance(model, tfode.models.ContinuousFlow):
-        module, signatures = serving._flow_module(model)
-    else:
-        module, signatures = serving._keras_module(model)
-    del module.model
-    module.tracked_variables = [v.value for v in model.variables]
-    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    tf.saved_model.save(module, str(path), signatures=signatures, options=options)
-    return path
-
-
 @pytest.fixture(scope="session")
 def fresh(tmp_path_factory):
     """``{name: Export}``: three untrained models exported by ``tfode.serving.export``."""
@@ -170,13 +150,6 @@ def fresh(tmp_path_factory):
     keras.utils.set_random_seed(0)
     models = {"odenet": _odenet(), "latent_ode": _latent_ode(), "cnf": _cnf()}
     return {name: Export(name, serving.export(model, str(base / name)), model) for name, model in models.items()}
-
-
-@pytest.fixture(scope="session")
-def fixed(fresh, tmp_path_factory):
-    """The same models exported with the workaround of ``_export_fixed`` (a control)."""
-    base = tmp_path_factory.mktemp("fixed_exports")
-    return {name: Export(f"fixed_{name}", _export_fixed(e.model, base / name), e.model) for name, e in fresh.items()}
 
 
 @pytest.fixture(scope="session")
@@ -455,11 +428,11 @@ def _read_c_tensor(path):
 
 
 @pytest.fixture(scope="session")
-def c_runs(c_loader, fresh, fixed, tmp_path_factory):
+def c_runs(c_loader, fresh, tmp_path_factory):
     """Run the C loader once over every export; ``{name: (export, inputs, result, outputs)}``."""
     binary, _ = c_loader
     work = tmp_path_factory.mktemp("c_runs")
-    exports = list(fresh.values()) + list(fixed.values())
+    exports = list(fresh.values())
     exports += [Export(_committed_name(p), p) for p in COMMITTED]
     jobs, lines = [], []
     for i, export in enumerate(exports):
@@ -505,26 +478,9 @@ def test_c_api_library_is_this_tensorflow(c_runs, c_loader):
     assert version == tf.__version__, f"C API of {c_loader[1]} reports {version}"
 
 
-@pytest.mark.slow
-def test_c_loader_runs_workaround_exports(c_runs, loaded):
-    """Control: the harness works, and tfode's signatures run in C++ once variables are tracked as tf.Variables."""
-    _, runs = c_runs
-    for name in ("fixed_odenet", "fixed_latent_ode", "fixed_cnf"):
-        _check_c_run(runs[name], loaded)
-
-
 C_LOADER_CASES = ["odenet", "latent_ode", "cnf"] + [_committed_name(p) for p in COMMITTED]
 
 
-@pytest.mark.xfail(
-    raises=UninitializedVariableError,
-    strict=True,
-    reason="BUG: tfode.serving.export tracks the Keras model (module.model = model). keras 3's Variable "
-    "exports a second tf.Variable per weight for the checkpoint; the signatures capture the original "
-    "handles, which the C++ loader (TF_LoadSessionFromSavedModel, TF Serving) restores nothing into: "
-    "'Could not find variable ...' on the first request (keras-team/keras#20095). Fix: track "
-    "[v.value for v in model.variables] instead of the model.",
-)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", C_LOADER_CASES)
 def test_c_loader_matches_python(name, c_runs, loaded):
@@ -731,13 +687,6 @@ def test_empty_batch_odenet_and_cnf(fresh, loaded):
     assert cnf.signatures["sample"](num_samples=tf.constant(0), seed=tf.constant([1, 2]))["samples"].shape == (0, 2)
 
 
-@pytest.mark.xfail(
-    raises=tf.errors.InvalidArgumentError,
-    strict=True,
-    reason="BUG: solve_at_series_times reshapes its [B*Q, L] gather to [B, Q, -1]; with B = 0 the -1 "
-    "cannot be inferred and the latent size is lost ([0, Q, 1] eagerly, [0, 0] in the graph), so the "
-    "decoder fails with 'Matrix size-incompatible: In[0]: [0,0], In[1]: [4,16]'.",
-)
 def test_empty_batch_latent_ode(fresh, loaded):
     fn = loaded(fresh["latent_ode"].path).signatures["serving_default"]
     out = fn(observed_times=tf.zeros([0, 6]), observed_values=tf.zeros([0, 6, 2]),
@@ -745,12 +694,6 @@ def test_empty_batch_latent_ode(fresh, loaded):
     assert out["mean"].shape == (0, 4, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Keras-model export reads num_fn_evals back from the ODELayer's shared "
-    "num_fn_evals_forward variable after computing the outputs; a concurrent request's solve "
-    "assigns it in between, so a response can carry another request's NFE.",
-)
 def test_odenet_num_fn_evals_is_per_request_under_concurrency(fresh, loaded):
     fn = loaded(fresh["odenet"].path).signatures["predict_with_tolerance"]
     x = tf.constant(np.random.default_rng(0).normal(size=(1024, 4)).astype(np.float32))

@@ -28,8 +28,7 @@ import re
 import keras
 import tensorflow as tf
 
-from tfode._overrides import solver_tolerances
-from tfode.layers._ode_layer import ODELayer
+from tfode._overrides import recording_fn_evals, solver_tolerances
 from tfode.models._flow_model import ContinuousFlow
 from tfode.models._latent_ode import LatentODE
 
@@ -46,9 +45,31 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
-def _latent_module(model):
+def _variables_module(model):
+    """A ``tf.Module`` holding the model's state as plain ``tf.Variable``s.
+
+    Tracking the Keras model itself would not do: a Keras 3 variable saves a
+    second ``tf.Variable`` for the checkpoint while the signatures capture the
+    original handle, so TensorFlow's C++ loader (TF Serving) restores nothing
+    into the captured variables ("Could not find variable ..."; keras-team/keras
+    #20095). Keras' own ``ExportArchive`` tracks the underlying variables too.
+    """
     module = tf.Module()
-    module.model = model
+    module.serving_variables = [getattr(v, "value", v) for v in model.variables]
+    # Stateful random generators (Hutchinson noise) hold a state variable outside Keras.
+    module.random_generators = [
+        g for g in (getattr(b, "_noise_generator", None) for b in _bijectors(model)) if g is not None
+    ]
+    return module
+
+
+def _bijectors(model):
+    bijector = getattr(model, "bijector", None)
+    return [bijector] if bijector is not None else []
+
+
+def _latent_module(model):
+    module = _variables_module(model)
     dim = model.obs_dim
     specs = [
         tf.TensorSpec([None, None], tf.float32, name="observed_times"),
@@ -76,8 +97,7 @@ def _latent_module(model):
 
 
 def _flow_module(model):
-    module = tf.Module()
-    module.model = model
+    module = _variables_module(model)
     x_spec = tf.TensorSpec([None, model.dim], tf.float32, name="x")
 
     @tf.function(input_signature=[x_spec], jit_compile=False, autograph=False)
@@ -117,15 +137,13 @@ def _flow_module(model):
 def _keras_module(model):
     if len(model.inputs) != 1:
         raise ValueError(f"export supports Keras models with one input, got {len(model.inputs)}.")
-    ode_layers = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, ODELayer)]
-    module = tf.Module()
-    module.model = model
+    module = _variables_module(model)
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="inputs")
 
     def predict(inputs):
-        outputs = model(inputs, training=False)
-        with tf.control_dependencies(tf.nest.flatten(outputs)):
-            nfe = tf.add_n([tf.cast(layer.num_fn_evals_forward, tf.int32) for layer in ode_layers] or [0])
+        with recording_fn_evals() as fn_evals:
+            outputs = model(inputs, training=False)
+        nfe = tf.add_n([tf.cast(n, tf.int32) for n in fn_evals]) if fn_evals else tf.constant(0, tf.int32)
         return {"outputs": outputs, "num_fn_evals": nfe}
 
     @tf.function(input_signature=[spec], jit_compile=False, autograph=False)
@@ -177,5 +195,7 @@ def export(model, export_dir, *, version=None):
         module, signatures = _flow_module(model)
     else:
         module, signatures = _keras_module(model)
-    tf.saved_model.save(module, path, signatures=signatures)
+    # Serving needs no gradients: skip saving the adjoint's custom-gradient functions.
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(module, path, signatures=signatures, options=options)
     return path

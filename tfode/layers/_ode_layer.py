@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfode._keras_utils import from_config_with_nested
-from tfode._overrides import current_tolerances
+from tfode._overrides import current_tolerances, record_fn_evals
 from tfode.layers._metrics import VariableValue
 from tfode.solvers import solve
 from tfode.tableaus import get_tableau
@@ -207,6 +207,7 @@ class ODELayer(keras.layers.Layer):
             backward_stats=_BackwardRecorder(self.num_fn_evals_backward) if use_adjoint else None,
         )
         self.num_fn_evals_forward.assign(tf.cast(solution.stats.num_fn_evals, tf.float32))
+        record_fn_evals(solution.stats.num_fn_evals)
         ys = solution.ys
         if self.return_sequences:
             rank = len(ys.shape)

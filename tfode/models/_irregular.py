@@ -95,4 +95,5 @@ def solve_at_series_times(func, z0, times, **solver_kwargs):
     position = tf.math.invert_permutation(order) + 1  # row of each (series, query) in the grid
     series = tf.repeat(tf.range(batch), length)
     zs = tf.gather_nd(solution.ys, tf.stack([position, series], axis=1))
-    return tf.reshape(zs, [batch, length, -1]), solution.stats
+    # Not [batch, length, -1]: with an empty batch the latent size could not be inferred.
+    return tf.reshape(zs, tf.concat([[batch, length], tf.shape(z0)[1:]], axis=0)), solution.stats
