@@ -13,8 +13,7 @@ step takes ~20 s, so everything but ``test_fit_lowers_loss_and_beats_mean_predic
 points); the eager ODE-RNN encoder runs one small solve per time step, so its
 batches are the smallest. The ``solve_at_series_times`` checks run in graph mode.
 
-Known bugs are strict xfails at the end of the file (and two ``pytest.param``
-cases of ``test_bad_batch_raises_naming_the_argument``).
+Regression tests for bugs found in review are at the end of the file.
 """
 
 from __future__ import annotations
@@ -135,7 +134,7 @@ def test_masked_values_change_nothing(models, encoder):
     mask[2, 2:] = 0.0  # trailing padding
     base = {"times": times, "values": values, "mask": mask}
     reference = _encode_and_elbo(model, base)
-    tf.random.set_seed(7)  # the training path samples z0: same seed, same sample
+    model._posterior_noise.reset_from_seed(7)  # the training path samples z0: same state, same sample
     model(base, training=True)
     reference_loss = float(tf.add_n(model.losses))
     # The eager ODE-RNN runs a solve per time step: one fill value for it is enough.
@@ -144,7 +143,7 @@ def test_masked_values_change_nothing(models, encoder):
         changed = {**base, "values": np.where(mask > 0, values, np.float32(fill)).astype("float32")}
         for got, want in zip(_encode_and_elbo(model, changed), reference):  # mean, log_var, elbo
             np.testing.assert_array_equal(got, want)
-        tf.random.set_seed(7)
+        model._posterior_noise.reset_from_seed(7)
         model(changed, training=True)
         assert float(tf.add_n(model.losses)) == reference_loss
     # ...while changing an observed value does change the encoding.
@@ -313,24 +312,8 @@ def _bad_inputs(case):
         ("negative_times", "times must be finite and >= 0"),
         ("empty_series", r"series \[1\] have no observed point"),
         ("nan_observed", "NaN.*observed"),
-        pytest.param(
-            "query_batch",
-            "query_times",
-            marks=pytest.mark.xfail(
-                reason="BUG: query_times [B', Q] with B' != B is not validated: B' < B silently returns "
-                "[B', Q, D] from the first B' series, B' > B fails inside GatherNd.",
-                strict=True,
-            ),
-        ),
-        pytest.param(
-            "obs_dim",
-            "obs_dim",
-            marks=pytest.mark.xfail(
-                reason="BUG: values with D != obs_dim are accepted; the encoder builds on any D and "
-                "predictions come out with obs_dim features.",
-                strict=True,
-            ),
-        ),
+        ("query_batch", "query_times"),
+        ("obs_dim", "obs_dim"),
     ],
 )
 def test_bad_batch_raises_naming_the_argument(models, case, match):
@@ -479,26 +462,16 @@ def test_periodic_1d_starts_at_zero():
 
 
 # ---------------------------------------------------------------------------
-# Known bugs (strict xfail: they start failing loudly once fixed)
+# Regressions (bugs found in review)
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: masked_gaussian_log_likelihood with float64 values and a Python float std mixes dtypes: "
-    "tf.math.log(std) is float32, so the subtraction raises InvalidArgumentError.",
-    strict=True,
-)
 def test_masked_log_likelihood_float64():
     values = tf.zeros([1, 2, 1], tf.float64)
     got = masked_gaussian_log_likelihood(values, values, 1.0, tf.ones_like(values))
     np.testing.assert_allclose(got, [-np.log(2 * np.pi)])
 
 
-@pytest.mark.xfail(
-    reason="BUG: LatentODE.build builds the field and decoder but not the encoder, so load_model finds no "
-    "encoder variables to restore: the loaded model predicts with freshly initialised encoder weights.",
-    strict=True,
-)
 def test_keras_save_and_load_same_predictions(models, tmp_path):
     model = models["rnn"]
     times, values = _batch(2, 5, seed=12)
@@ -509,15 +482,149 @@ def test_keras_save_and_load_same_predictions(models, tmp_path):
     np.testing.assert_allclose(loaded(inputs, training=False), model(inputs, training=False), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    reason="BUG: z0 is the state at t = 0 (the latent solve starts there), but neither encoder sees the time "
-    "from t = 0 to the first observation (gaps run between observations; the ODE-RNN stops at the first "
-    "observation), so a series observed later gets exactly the same z0.",
-    strict=True,
-)
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_encoding_depends_on_time_of_first_observation(models, encoder):
     times, values = _batch(1, 3, seed=13)
     early = models[encoder].encode({"times": times, "values": values})[0]
     late = models[encoder].encode({"times": times + 1.0, "values": values})[0]
     assert not np.allclose(early, late, rtol=1e-3, atol=1e-4)
+
+
+def test_query_times_must_be_non_decreasing(models):
+    times, values = _batch(2, 4, seed=14)
+    with pytest.raises(ValueError, match="query_times must be non-decreasing"):
+        models["rnn"]({"times": times, "values": values, "query_times": np.array([0.0, 2.0, 1.0], "float32")})
+
+
+def test_ode_rnn_encoder_follows_serving_tolerance_override(models):
+    """``solver_tolerances`` (the serving knob) reaches the ODE-RNN encoder's solves too."""
+    from tfode._overrides import solver_tolerances
+
+    times, values = _batch(1, 3, seed=15)
+    inputs = {"times": times * 3.0, "values": values}
+    reference = models["ode_rnn"].encode(inputs)[0]
+    with solver_tolerances(0.5, 0.5):
+        loose = models["ode_rnn"].encode(inputs)[0]
+    assert not np.allclose(loose, reference, rtol=0, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Poisson process likelihood, IWAE bound, classification head
+# ---------------------------------------------------------------------------
+
+
+def test_poisson_log_likelihood_constant_rate_closed_form():
+    """Rate λ = e^c on every feature: log L = N_events * c - D * e^c * t_end, per series."""
+    model = _model(poisson=True, rtol=1e-7, atol=1e-8)
+    times, values = _batch(2, 5, seed=16)
+    mask = np.ones_like(values)
+    mask[0, 1, 0] = mask[1, 3:] = 0.0
+    model({"times": times, "values": values, "mask": mask})
+    c = -0.4
+    kernel, bias = model.log_rate.get_weights()
+    model.log_rate.set_weights([np.zeros_like(kernel), np.full_like(bias, c)])
+    z0 = tf.constant(np.random.default_rng(0).normal(size=(2, 3)), tf.float32)
+    zs, log_rate, integrated, _ = model._solve_with_intensity(z0, tf.constant(times))
+    np.testing.assert_allclose(integrated, np.exp(c) * times[:, -1:].repeat(2, axis=1), rtol=1e-5)
+    got = tfode.models.poisson_process_log_likelihood(log_rate, integrated, tf.constant(mask))
+    expected = mask.sum(axis=(1, 2)) * c - 2 * np.exp(c) * times[:, -1]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # The latent path of the augmented solve is the plain latent solve.
+    np.testing.assert_allclose(zs, model._solve_latent(z0, tf.constant(times))[0], rtol=1e-4, atol=1e-5)
+
+
+def test_poisson_model_trains_one_step():
+    model = _model(poisson=True)
+    times, values = _batch(4, 5, seed=17)
+    model.compile(keras.optimizers.Adam(1e-2), jit_compile=False, run_eagerly=True)
+    history = model.fit({"times": times, "values": values}, batch_size=4, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert any(np.abs(w).sum() > 0 for w in model.log_rate.get_weights())
+
+
+def test_iwae_bound_matches_manual_computation_and_prior_ratio():
+    samples = 5
+    model = _model(iwae_samples=samples, rtol=1e-6, atol=1e-7)
+    times, values = _batch(3, 4, seed=18)
+    inputs = {"times": times, "values": values}
+    model(inputs)
+    model._posterior_noise.reset_from_seed(3)
+    model(inputs, training=True)
+    loss = float(tf.add_n(model.losses))
+    # Recompute from the same K posterior samples.
+    mean, log_var = model.encode(inputs)
+    model._posterior_noise.reset_from_seed(3)
+    z = model._sample_z0(mean, log_var).numpy()  # [K, B, L]
+    assert z.shape == (samples, 3, 3)
+    log_w = np.zeros((samples, 3))
+    for k in range(samples):
+        observed = model.decoder(model.latent_trajectory(tf.constant(z[k]), times))
+        log_w[k] = masked_gaussian_log_likelihood(values, observed, model.obs_std, tf.ones_like(observed))
+    var = np.exp(log_var.numpy())
+    log_prior = (-0.5 * z**2 - 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_q = (-0.5 * (z - mean.numpy()) ** 2 / var - 0.5 * np.log(2 * np.pi * var)).sum(-1)
+    log_w += log_prior - log_q
+    bound = np.log(np.mean(np.exp(log_w - log_w.max(0)), axis=0)) + log_w.max(0)
+    np.testing.assert_allclose(loss, -bound.mean(), rtol=1e-4)
+
+
+def test_iwae_log_weight_prior_term_is_minus_kl_on_average():
+    """E_q[log p(z) - log q(z)] = -KL(q || p): the IWAE weights and the ELBO's closed form agree."""
+    from tfode.models._latent_ode import _diagonal_normal_log_density, _standard_normal_log_density
+
+    rng = np.random.default_rng(19)
+    mean = tf.constant(rng.normal(size=(2, 3)), tf.float64)
+    log_var = tf.constant(rng.normal(scale=0.5, size=(2, 3)), tf.float64)
+    z = mean + tf.exp(0.5 * log_var) * tf.constant(rng.normal(size=(200_000, 2, 3)))
+    ratio = _standard_normal_log_density(z) - _diagonal_normal_log_density(z, mean, log_var)
+    estimate, error = tf.reduce_mean(ratio, 0), tf.math.reduce_std(ratio, 0) / np.sqrt(200_000)
+    assert np.all(np.abs(estimate + gaussian_kl(mean, log_var)) < 5 * error)
+
+
+def test_classifier_head_outputs_logits_and_adds_cross_entropy():
+    model = _model(num_classes=3, classification_weight=5.0)
+    times, values = _batch(4, 3, seed=20)
+    labels = np.array([0, 2, 1, 2])
+    inputs = {"times": times, "values": values, "labels": labels}
+    out = model(inputs)
+    assert set(out) == {"mean", "logits"}
+    assert out["mean"].shape == (4, 3, 2) and out["logits"].shape == (4, 3)
+    np.testing.assert_allclose(model.classify(inputs), out["logits"], rtol=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        model({"times": times, "values": values}, training=True)
+    # The training loss is -ELBO + weight * CE(labels, classifier(z0 sample)), same sample for both.
+    model._posterior_noise.reset_from_seed(5)
+    model(inputs, training=True)
+    total = float(tf.add_n(model.losses))
+    mean, log_var = model.encode(inputs)
+    model._posterior_noise.reset_from_seed(5)
+    z0 = model._sample_z0(mean, log_var)[0]
+    observed = model.decoder(model.latent_trajectory(z0, times))
+    elbo = masked_gaussian_log_likelihood(values, observed, model.obs_std, tf.ones_like(observed))
+    elbo -= gaussian_kl(mean, log_var)
+    logits = model.classifier(z0).numpy()
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    cross_entropy = -np.mean(log_softmax[np.arange(4), labels])
+    np.testing.assert_allclose(total, -np.mean(elbo) + 5.0 * cross_entropy, rtol=1e-4)
+
+
+def test_optional_heads_survive_keras_save_and_load(tmp_path):
+    model = _model(poisson=True, num_classes=3, classifier_hidden=(4,), iwae_samples=2)
+    times, values = _batch(2, 4, seed=21)
+    inputs = {"times": times, "values": values}
+    model(inputs)
+    path = str(tmp_path / "heads.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for key in ("mean", "logits"):
+        np.testing.assert_allclose(loaded(inputs)[key], model(inputs)[key], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(loaded.log_rate.get_weights()[0], model.log_rate.get_weights()[0])
+    assert loaded.get_config() == model.get_config()
+
+
+def test_posterior_noise_is_seeded_by_keras_seed_or_argument():
+    first, second = _model(seed=3), _model(seed=3)
+    assert first.seed == second.seed
+    assert _model(seed=4).seed != first.seed
+    explicit = LatentODE(obs_dim=2, seed=11, **TINY)
+    assert explicit.seed == 11

@@ -779,3 +779,23 @@ def test_export_non_keras_raises_type_error(obj, tmp_path):
     with pytest.raises(TypeError, match="keras.Model"):
         serving.export(obj, str(tmp_path))
     assert not os.listdir(tmp_path)
+
+
+def test_latent_ode_with_ode_rnn_encoder_and_classifier(tmp_path):
+    """Optional heads are served: logits next to the mean; the tolerance knob reaches the ODE-RNN encoder."""
+    keras.utils.set_random_seed(3)
+    model = tfode.models.LatentODE(obs_dim=2, latent_dim=3, encoder="ode_rnn", encoder_units=6, field_hidden=(8,),
+                                   decoder_hidden=(8,), num_classes=3, poisson=True, adjoint=False)  # fmt: skip
+    inputs = _latent_inputs(2, 5, 3, seed=4)
+    model(inputs)
+    signatures = tf.saved_model.load(serving.export(model, str(tmp_path / "lode"))).signatures
+    request = {f"observed_{k}": tf.constant(inputs[k]) for k in ("times", "values", "mask")}
+    request["query_times"] = tf.constant(inputs["query_times"])
+    served = signatures["serving_default"](**request)
+    assert set(served) == {"mean", "logits", "num_fn_evals"}
+    expected = model(inputs, training=False)
+    np.testing.assert_allclose(served["mean"], expected["mean"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(served["logits"], expected["logits"], rtol=0, atol=ATOL)
+    loose = signatures["predict_with_tolerance"](**request, rtol=tf.constant(0.5), atol=tf.constant(0.5))
+    assert int(loose["num_fn_evals"]) < int(served["num_fn_evals"])
+    assert not np.allclose(loose["logits"], served["logits"], rtol=0, atol=1e-7)  # the encoder's solves too

@@ -9,7 +9,8 @@ Signatures:
     LatentODE:
         ``serving_default(observed_times [B, T], observed_values [B, T, D],
         observed_mask [B, T, D], query_times [B, Q])`` ->
-        ``{"mean": [B, Q, D], "num_fn_evals": []}``;
+        ``{"mean": [B, Q, D], "num_fn_evals": []}`` (+ ``"logits"`` ``[B, C]``
+        for a model with a classifier);
         ``predict_with_tolerance``: the same plus scalar ``rtol``, ``atol``.
     ContinuousFlow:
         ``serving_default``/``log_prob(x [B, D])`` -> ``{"log_prob": [B]}``;
@@ -80,7 +81,10 @@ def _latent_module(model):
 
     def predict(times, values, mask, query):
         mean, nfe = model.predict_mean(times, values, mask, query)
-        return {"mean": mean, "num_fn_evals": nfe}
+        outputs = {"mean": mean, "num_fn_evals": nfe}
+        if model.classifier is not None:
+            outputs["logits"] = model.classifier(model.encoder(times, values, mask)[0])
+        return outputs
 
     @tf.function(input_signature=specs, jit_compile=False, autograph=False)
     def serving_default(observed_times, observed_values, observed_mask, query_times):

@@ -1,8 +1,11 @@
 """Recognition networks for irregularly sampled series: q(z0 | observations).
 
 Both encoders read the series backwards in time (last observation first), as
-in Chen et al. (2018), so the final hidden state summarises the whole series
-at its first time, and map it to the mean and log-variance of ``z0``.
+in Chen et al. (2018), and map the final hidden state to the mean and
+log-variance of ``z0``. ``z0`` is the latent state at ``t = 0``, so the last
+step each encoder reads is a virtual, unobserved step at ``t = 0``: its gap
+(first observation time) tells the encoder how far the series starts from the
+origin (the ODE-RNN evolves its state back over it without a GRU update).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfode._overrides import current_tolerances
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._irregular import next_observed_gaps
 from tfode.solvers import solve
@@ -20,20 +24,36 @@ __all__ = ["ODERNNEncoder", "RNNEncoder"]
 def _encoder_inputs(times, values, mask):
     """Per-step features ``[values*mask, mask, gap]`` and the step mask.
 
+    A virtual step at ``t = 0`` (nothing observed) is prepended so that the
+    time from the origin to the first observation reaches the encoder.
+
     Args:
         times: ``[T]`` or ``[B, T]``; values, mask: ``[B, T, D]``.
 
     Returns:
-        ``(features [B, T, 2D+1], step_observed [B, T] bool)``; ``gap`` is the
-        time to the next observed point of the series (0 for the last).
+        ``(features [B, T+1, 2D+1], steps [B, T+1] bool)``; ``gap`` is the time
+        to the next observed point of the series (0 for the last); ``steps``
+        marks the steps the recurrence reads (observed ones and the origin).
     """
+    mask = tf.cast(mask, values.dtype)
     values = tf.where(mask > 0, values, tf.zeros_like(values))  # masked NaNs never reach the network
     times = tf.cast(times, values.dtype)
     if times.shape.rank == 1:
         times = tf.broadcast_to(times[None], tf.shape(values)[:2])
-    step_observed = tf.reduce_any(mask > 0, axis=-1)
-    gaps = next_observed_gaps(times, step_observed)
-    return tf.concat([values * mask, mask, gaps[..., None]], axis=-1), step_observed
+    batch = tf.shape(values)[0]
+    times = tf.concat([tf.zeros([batch, 1], values.dtype), times], axis=1)
+    values = tf.pad(values, [[0, 0], [1, 0], [0, 0]])
+    mask = tf.pad(mask, [[0, 0], [1, 0], [0, 0]])
+    steps = tf.concat([tf.ones([batch, 1], tf.bool), tf.reduce_any(mask[:, 1:] > 0, axis=-1)], axis=1)
+    gaps = next_observed_gaps(times, steps)
+    return tf.concat([values * mask, mask, gaps[..., None]], axis=-1), steps
+
+
+def _feature_width(values_shape):
+    dim = values_shape[-1]
+    if dim is None:
+        raise ValueError(f"values need a known feature size, got shape {values_shape}.")
+    return 2 * int(dim) + 1
 
 
 class _GaussianHead(keras.layers.Layer):
@@ -43,6 +63,9 @@ class _GaussianHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.latent_dim = latent_dim
         self.dense = keras.layers.Dense(2 * latent_dim)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
 
     def call(self, h):
         out = self.dense(h)
@@ -68,16 +91,25 @@ class RNNEncoder(keras.layers.Layer):
         self.rnn = keras.layers.RNN(keras.layers.GRUCell(self.units), go_backwards=True)
         self.head = _GaussianHead(self.latent_dim)
 
+    def build(self, times_shape, values_shape, mask_shape=None):
+        self.rnn.build((None, None, _feature_width(values_shape)))
+        self.head.build((None, self.units))
+
     def call(self, times, values, mask):
-        features, step_observed = _encoder_inputs(times, values, mask)
-        return self.head(self.rnn(features, mask=step_observed))
+        features, steps = _encoder_inputs(times, values, mask)
+        return self.head(self.rnn(features, mask=steps))
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "units": self.units}
 
 
 class _ODEGRUCell(keras.layers.Layer):
-    """ODE-RNN cell: evolve the hidden state by ``dh/dt = f(h)`` over the gap, then a GRU update."""
+    """ODE-RNN cell: evolve the hidden state by ``dh/dt = f(h)`` over the gap, then a GRU update.
+
+    Inputs per step: ``[values*mask, mask, gap]`` (``[B, 2D+1]``). Rows whose
+    mask is all zero (the virtual origin step) keep the evolved state: no GRU
+    update.
+    """
 
     def __init__(self, units, field_hidden, method, rtol, atol, **kwargs):
         super().__init__(**kwargs)
@@ -96,6 +128,12 @@ class _ODEGRUCell(keras.layers.Layer):
         h = states[0] if isinstance(states, (list, tuple)) else states
         gap = inputs[:, -1:]
         observation = inputs[:, :-1]
+        dim = (inputs.shape[-1] - 1) // 2
+        observed = tf.reduce_any(observation[:, dim:] > 0, axis=-1, keepdims=True)
+        solver = dict(self.solver)
+        override = current_tolerances()
+        if override is not None:
+            solver["rtol"], solver["atol"] = override
 
         # Read backwards: h moves from the later observation back by `gap`;
         # with s in [0, 1], dh/ds = -gap * f(h) covers every series' own gap.
@@ -103,9 +141,10 @@ class _ODEGRUCell(keras.layers.Layer):
             return -gap * self.field(s, h)
 
         unit = tf.constant([0.0, 1.0], dtype=tf.float64 if h.dtype == tf.float64 else tf.float32)
-        h = solve(dynamics, h, unit, options={"max_num_steps": 256}, **self.solver).ys[-1]
-        out, new_states = self.gru(observation, [h])
-        return out, new_states
+        h = solve(dynamics, h, unit, options={"max_num_steps": 256}, **solver).ys[-1]
+        updated, _ = self.gru(observation, [h])
+        h = tf.where(observed, updated, h)
+        return h, [h]
 
 
 @keras.saving.register_keras_serializable(package="tfode")
@@ -133,9 +172,13 @@ class ODERNNEncoder(keras.layers.Layer):
         self.rnn = keras.layers.RNN(cell, go_backwards=True)
         self.head = _GaussianHead(self.latent_dim)
 
+    def build(self, times_shape, values_shape, mask_shape=None):
+        self.rnn.build((None, None, _feature_width(values_shape)))
+        self.head.build((None, self.units))
+
     def call(self, times, values, mask):
-        features, step_observed = _encoder_inputs(times, values, mask)
-        return self.head(self.rnn(features, mask=step_observed))
+        features, steps = _encoder_inputs(times, values, mask)
+        return self.head(self.rnn(features, mask=steps))
 
     def get_config(self):
         return {

@@ -13,7 +13,13 @@ from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
 from tfode.models._irregular import check_batch, solve_at_series_times
 
-__all__ = ["LatentODE", "gaussian_kl", "masked_gaussian_log_likelihood", "predictive_rmse"]
+__all__ = [
+    "LatentODE",
+    "gaussian_kl",
+    "masked_gaussian_log_likelihood",
+    "poisson_process_log_likelihood",
+    "predictive_rmse",
+]
 
 
 def gaussian_kl(mean, log_var):
@@ -27,11 +33,50 @@ def gaussian_kl(mean, log_var):
 def masked_gaussian_log_likelihood(values, mean, std, mask):
     """``sum over observed entries of log N(values; mean, std²)``, per series ``[B]``.
 
+    Args:
+        values, mean, mask: ``[B, T, D]``; std: scalar or broadcastable to them.
+
     Masked entries (``mask == 0``, possibly NaN) contribute exactly nothing.
     """
-    safe = tf.where(mask > 0, values, mean)
+    mean = tf.convert_to_tensor(mean)
+    values = tf.cast(values, mean.dtype)
+    std = tf.cast(std, mean.dtype)
+    observed = tf.cast(mask, mean.dtype) > 0
+    safe = tf.where(observed, values, mean)
     log_density = -0.5 * tf.square((safe - mean) / std) - tf.math.log(std) - 0.5 * math.log(2 * math.pi)
-    return tf.reduce_sum(tf.where(mask > 0, log_density, tf.zeros_like(log_density)), axis=[1, 2])
+    return tf.reduce_sum(tf.where(observed, log_density, tf.zeros_like(log_density)), axis=[1, 2])
+
+
+def poisson_process_log_likelihood(log_rate, integrated_rate, mask):
+    """Log-likelihood of event times under an inhomogeneous Poisson process, per series ``[B]``.
+
+    ``sum_{i,d} mask[i,d] * log λ_d(t_i) - sum_d ∫_0^{t_end} λ_d(t) dt``: each
+    observed entry ``(t_i, d)`` is an event of feature ``d`` (Rubanova et al.
+    2019, Sec. 3.4).
+
+    Args:
+        log_rate: ``[B, T, D]``, ``log λ(t_i)``.
+        integrated_rate: ``[B, D]``, ``∫ λ dt`` over the observation window.
+        mask: ``[B, T, D]`` event indicators.
+    """
+    events = tf.cast(mask, log_rate.dtype) > 0
+    observed_log_rate = tf.reduce_sum(tf.where(events, log_rate, tf.zeros_like(log_rate)), axis=[1, 2])
+    return observed_log_rate - tf.reduce_sum(integrated_rate, axis=-1)
+
+
+def _standard_normal_log_density(z):
+    return tf.reduce_sum(-0.5 * tf.square(z) - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+def _diagonal_normal_log_density(z, mean, log_var):
+    return tf.reduce_sum(
+        -0.5 * tf.square(z - mean) * tf.exp(-log_var) - 0.5 * log_var - 0.5 * math.log(2 * math.pi), axis=-1
+    )
+
+
+def _mlp(hidden, outputs, activation="relu"):
+    layers = [keras.layers.Dense(h, activation=activation) for h in hidden]
+    return keras.Sequential([*layers, keras.layers.Dense(outputs)])
 
 
 @keras.saving.register_keras_serializable(package="tfode")
@@ -39,19 +84,39 @@ class LatentODE(keras.Model):
     """Latent ODE (Chen et al. 2018; Rubanova et al. 2019) as a Keras model.
 
     ``q(z0 | x)`` is a Gaussian from an encoder (``"rnn"``: a backwards GRU;
-    ``"ode_rnn"``: ODE-RNN); ``dz/dt = f(z)`` carries ``z0`` (at ``t = 0``) to
-    any query time with tfode's solver (adjoint gradients); a decoder MLP maps
-    ``z(t)`` to the observation mean. Training maximises the ELBO
-    ``E_q[log p(x | z)] - KL(q(z0) || N(0, I))`` with a fixed observation std.
+    ``"ode_rnn"``: ODE-RNN); ``dz/dt = f(z)`` carries ``z0`` (the state at
+    ``t = 0``) to any query time with tfode's solver (adjoint gradients); a
+    decoder MLP maps ``z(t)`` to the observation mean. Training maximises
 
-    Inputs (a dict; see ``tfode.models._irregular`` for the batch format):
+    * ``iwae_samples == 1``: the ELBO ``E_q[log p(x | z0)] - KL(q(z0) || N(0, I))``
+      (one posterior sample, closed-form KL);
+    * ``iwae_samples == K > 1``: the importance-weighted bound
+      ``E[log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x)]`` (Burda et al. 2016),
+      all K samples solved in one batch;
+
+    with a Gaussian likelihood of fixed ``obs_std`` on the observed entries.
+    Options:
+
+    * ``poisson=True``: the observation times are also modelled as events of an
+      inhomogeneous Poisson process with rate ``λ(t) = exp(g(z(t)))`` per feature;
+      ``∫ λ dt`` is integrated as ``D`` extra ODE states in the same solve and its
+      log-likelihood (``poisson_process_log_likelihood``) joins ``log p(x | z)``.
+    * ``num_classes=C``: a classifier MLP on ``z0`` (per-series label, Rubanova's
+      classification setting); ``inputs["labels"]`` ``[B]`` int is then required
+      in training, the loss adds ``classification_weight`` times the mean
+      cross-entropy, and ``call`` returns ``{"mean", "logits"}``.
+
+    Inputs (a dict; batch format in ``tfode.models``):
         ``times`` ``[T]`` or ``[B, T]``, ``values`` ``[B, T, D]``, optional
-        ``mask`` ``[B, T, D]`` and ``query_times`` ``[Q]`` or ``[B, Q]``
-        (default: ``times``), all times ``>= 0`` and non-decreasing per series.
+        ``mask`` ``[B, T, D]``, ``query_times`` ``[Q]`` or ``[B, Q]`` (default:
+        ``times``) and ``labels`` ``[B]``; all times ``>= 0`` and non-decreasing
+        per series.
 
     Returns:
-        ``call`` returns the predicted mean at the query times, ``[B, Q, D]``.
-        In training it adds the loss ``-ELBO`` (mean over series).
+        ``call``: the predicted mean at the query times, ``[B, Q, D]`` (from the
+        posterior mean of ``z0``, or from a posterior sample in training), or
+        ``{"mean": [B, Q, D], "logits": [B, C]}`` with a classifier. In training
+        it adds the loss ``-bound`` (mean over series).
 
     Args:
         obs_dim: ``D``.
@@ -62,7 +127,14 @@ class LatentODE(keras.Model):
         decoder_hidden: hidden widths of the decoder (paper: (20,)).
         obs_std: observation noise std of the likelihood (paper: 0.3 for spirals).
         method, rtol, atol, adjoint: latent solver settings.
-        kl_weight: weight of the KL term.
+        kl_weight: weight of the prior/KL term.
+        iwae_samples: ``K``, posterior samples per series in training.
+        poisson: model observation times as a Poisson process.
+        num_classes, classifier_hidden, classification_weight: optional classifier.
+        seed: seed of the posterior-sample generator (default: drawn from
+            numpy's global generator, so ``keras.utils.set_random_seed`` fixes
+            it). A ``tf.random.Generator``: replicas of a distribution strategy
+            (and workers of a multi-worker one) draw different samples.
 
     Example:
         >>> model = tfode.models.LatentODE(obs_dim=2, latent_dim=4, encoder="rnn")
@@ -86,12 +158,26 @@ class LatentODE(keras.Model):
         atol=1e-4,
         adjoint=True,
         kl_weight=1.0,
+        iwae_samples=1,
+        poisson=False,
+        num_classes=None,
+        classifier_hidden=(),
+        classification_weight=1.0,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (("obs_dim", obs_dim), ("latent_dim", latent_dim), ("encoder_units", encoder_units)):
+        for name, value in (
+            ("obs_dim", obs_dim),
+            ("latent_dim", latent_dim),
+            ("encoder_units", encoder_units),
+            ("iwae_samples", iwae_samples),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 2):  # fmt: skip
+            raise ValueError(f"num_classes must be None or an int >= 2, got {num_classes!r}.")
         if encoder not in ("rnn", "ode_rnn"):
             raise ValueError(f"encoder must be 'rnn' or 'ode_rnn', got {encoder!r}.")
         if not obs_std > 0:
@@ -100,28 +186,40 @@ class LatentODE(keras.Model):
         self.encoder_kind, self.encoder_units = encoder, encoder_units
         self.field_hidden, self.decoder_hidden = tuple(field_hidden), tuple(decoder_hidden)
         self.obs_std, self.kl_weight = float(obs_std), float(kl_weight)
+        self.iwae_samples, self.poisson = iwae_samples, bool(poisson)
+        self.num_classes, self.classifier_hidden = num_classes, tuple(classifier_hidden)
+        self.classification_weight = float(classification_weight)
+        self.seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
         self.solver = dict(method=method, rtol=rtol, atol=atol, adjoint=adjoint)
         if encoder == "rnn":
             self.encoder = RNNEncoder(latent_dim, encoder_units)
         else:
             self.encoder = ODERNNEncoder(latent_dim, encoder_units)
         self.field = TimeMLP(self.field_hidden, activation="elu", time_embedding="none")
-        self.decoder = keras.Sequential(
-            [keras.layers.Dense(h, activation="relu") for h in self.decoder_hidden] + [keras.layers.Dense(obs_dim)]
-        )
+        self.decoder = _mlp(self.decoder_hidden, obs_dim)
+        self.log_rate = keras.layers.Dense(obs_dim) if self.poisson else None
+        self.classifier = _mlp(self.classifier_hidden, num_classes) if num_classes else None
+        self._posterior_noise = tf.random.Generator.from_seed(self.seed)
         self.num_fn_evals_forward = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                                     name="nfe_forward", dtype="float32",
                                                     aggregation="mean")  # fmt: skip
 
-    def build(self, input_shape):
+    def build(self, input_shape=None):
+        self.encoder.build((None, None), (None, None, self.obs_dim), (None, None, self.obs_dim))
         self.field.build((), (None, self.latent_dim))
         self.decoder.build((None, None, self.latent_dim))
+        if self.log_rate is not None:
+            self.log_rate.build((None, None, self.latent_dim))
+        if self.classifier is not None:
+            self.classifier.build((None, self.latent_dim))
+        self.built = True
 
-    @staticmethod
-    def _unpack(inputs):
+    def _unpack(self, inputs):
         if not isinstance(inputs, dict) or "times" not in inputs or "values" not in inputs:
             raise ValueError("inputs must be a dict with 'times' and 'values' (optional 'mask', 'query_times').")
         values = tf.convert_to_tensor(inputs["values"])
+        if not values.dtype.is_floating:
+            values = tf.cast(values, tf.float32)
         times = tf.cast(tf.convert_to_tensor(inputs["times"]), values.dtype)
         mask = inputs.get("mask")
         mask = tf.ones_like(values) if mask is None else tf.cast(tf.convert_to_tensor(mask), values.dtype)
@@ -129,6 +227,8 @@ class LatentODE(keras.Model):
         query = times if query is None else tf.cast(tf.convert_to_tensor(query), values.dtype)
         if values.shape.rank != 3:
             raise ValueError(f"values must be [batch, time, features], got shape {values.shape}.")
+        if values.shape[-1] is not None and values.shape[-1] != self.obs_dim:
+            raise ValueError(f"values must have obs_dim = {self.obs_dim} features, got shape {values.shape}.")
         if mask.shape.rank is not None and not mask.shape.is_compatible_with(values.shape):
             raise ValueError(f"mask must have values' shape {values.shape}, got {mask.shape}.")
         if times.shape.rank not in (1, 2) or not tf.TensorShape(times.shape[-1:]).is_compatible_with(values.shape[1:2]):
@@ -137,8 +237,21 @@ class LatentODE(keras.Model):
             )
         if query.shape.rank not in (1, 2):
             raise ValueError(f"query_times must be [query] or [batch, query], got shape {query.shape}.")
+        if query.shape.rank == 2 and not tf.TensorShape(query.shape[:1]).is_compatible_with(values.shape[:1]):
+            raise ValueError(f"query_times has batch {query.shape[0]} but values has batch {values.shape[0]}.")
         if tf.executing_eagerly():
             check_batch(times.numpy(), values.numpy(), mask.numpy())
+            query_np = query.numpy()
+            if not np.all(np.isfinite(query_np)) or np.any(query_np < 0):
+                raise ValueError("query_times must be finite and >= 0 (the latent state starts at t = 0).")
+            if np.any(np.diff(query_np, axis=-1) < 0):
+                raise ValueError("query_times must be non-decreasing within each series.")
+        elif query.shape.rank == 2:
+            with tf.control_dependencies(
+                [tf.debugging.assert_equal(tf.shape(query)[0], tf.shape(values)[0],
+                                           message="query_times and values must have the same batch size")]
+            ):  # fmt: skip
+                query = tf.identity(query)
         return times, values, mask, query
 
     def encode(self, inputs):
@@ -152,12 +265,28 @@ class LatentODE(keras.Model):
         self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
         return zs
 
-    def _solve_latent(self, z0, query_times):
+    def _solver_settings(self):
         solver = dict(self.solver)
         override = current_tolerances()
         if override is not None:
             solver["rtol"], solver["atol"] = override
-        return solve_at_series_times(lambda t, z: self.field(t, z), z0, query_times, **solver)
+        return solver
+
+    def _solve_latent(self, z0, query_times):
+        return solve_at_series_times(lambda t, z: self.field(t, z), z0, query_times, **self._solver_settings())
+
+    def _solve_with_intensity(self, z0, times):
+        """``(z [B, T, L], log λ [B, T, D], ∫_0^{t_end} λ dt [B, D], stats)``: ``[z, Λ]`` in one solve."""
+        latent = self.latent_dim
+
+        def augmented(t, state):
+            z = state[:, :latent]
+            return tf.concat([self.field(t, z), tf.exp(self.log_rate(z))], axis=-1)
+
+        start = tf.concat([z0, tf.zeros([tf.shape(z0)[0], self.obs_dim], z0.dtype)], axis=-1)
+        states, stats = solve_at_series_times(augmented, start, times, **self._solver_settings())
+        zs = states[..., :latent]
+        return zs, self.log_rate(zs), states[:, -1, latent:], stats
 
     def predict_mean(self, times, values, mask, query_times):
         """Posterior-mean prediction without side effects (serving).
@@ -169,24 +298,86 @@ class LatentODE(keras.Model):
         zs, stats = self._solve_latent(mean, query_times)
         return self.decoder(zs), stats.num_fn_evals
 
+    def classify(self, inputs):
+        """Class logits ``[B, C]`` from the posterior mean of ``z0`` (needs ``num_classes``)."""
+        if self.classifier is None:
+            raise ValueError("classify needs a model built with num_classes.")
+        mean, _ = self.encode(inputs)
+        return self.classifier(mean)
+
+    def _sample_z0(self, mean, log_var):
+        """``[K, B, L]`` posterior samples."""
+        shape = tf.concat([[self.iwae_samples], tf.shape(mean)], axis=0)
+        noise = self._posterior_noise.normal(shape, dtype=mean.dtype)
+        return mean + tf.exp(0.5 * log_var) * noise
+
+    def _observation_log_likelihood(self, z0, times, values, mask):
+        """``log p(x | z0)`` per row of ``z0`` ``[N, L]`` (``N`` a multiple of ``B``), and ``z`` at ``times``."""
+        repeats = tf.shape(z0)[0] // tf.shape(values)[0]
+        if times.shape.rank == 2:
+            times = tf.tile(times, [repeats, 1])
+        values, mask = tf.tile(values, [repeats, 1, 1]), tf.tile(mask, [repeats, 1, 1])
+        if self.poisson:
+            zs, log_rate, integrated, stats = self._solve_with_intensity(z0, times)
+            extra = poisson_process_log_likelihood(log_rate, integrated, mask)
+        else:
+            zs, stats = self._solve_latent(z0, times)
+            extra = 0.0
+        self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
+        return masked_gaussian_log_likelihood(values, self.decoder(zs), self.obs_std, mask) + extra, zs
+
+    def _training_loss(self, mean, log_var, z0_samples, times, values, mask):
+        """``-bound`` (mean over series) and the latent trajectory of the first sample at ``times``."""
+        samples, batch = self.iwae_samples, tf.shape(mean)[0]
+        flat = tf.reshape(z0_samples, [-1, self.latent_dim])
+        log_likelihood, zs = self._observation_log_likelihood(flat, times, values, mask)
+        log_likelihood = tf.reshape(log_likelihood, [samples, batch])
+        if samples == 1:
+            bound = log_likelihood[0] - self.kl_weight * gaussian_kl(mean, log_var)
+        else:
+            log_weights = log_likelihood + self.kl_weight * (
+                _standard_normal_log_density(z0_samples) - _diagonal_normal_log_density(z0_samples, mean, log_var)
+            )
+            bound = tf.reduce_logsumexp(log_weights, axis=0) - math.log(samples)
+        return -tf.reduce_mean(bound), zs[:batch]
+
     def call(self, inputs, training=None):
         times, values, mask, query = self._unpack(inputs)
         mean, log_var = self.encoder(times, values, mask)
-        z0 = mean
-        if training:
-            z0 = mean + tf.exp(0.5 * log_var) * tf.random.normal(tf.shape(mean), dtype=mean.dtype)
-        predicted = self.decoder(self.latent_trajectory(z0, query))
-        if training:
-            observed = predicted if query is times else self.decoder(self.latent_trajectory(z0, times))
-            log_likelihood = masked_gaussian_log_likelihood(values, observed, self.obs_std, mask)
-            elbo = log_likelihood - self.kl_weight * gaussian_kl(mean, log_var)
-            self.add_loss(-tf.reduce_mean(elbo))
-        return predicted
+        if not training:
+            z0 = mean
+            predicted = self.decoder(self.latent_trajectory(z0, query))
+        else:
+            z0_samples = self._sample_z0(mean, log_var)
+            z0 = z0_samples[0]
+            loss, zs_observed = self._training_loss(mean, log_var, z0_samples, times, values, mask)
+            zs_query = zs_observed if query is times else self.latent_trajectory(z0, query)
+            predicted = self.decoder(zs_query)
+            if self.classifier is not None:
+                loss += self.classification_weight * self._classification_loss(inputs, z0_samples)
+            self.add_loss(loss)
+        if self.classifier is None:
+            return predicted
+        return {"mean": predicted, "logits": self.classifier(z0)}
+
+    def _classification_loss(self, inputs, z0_samples):
+        """Mean cross-entropy of ``inputs["labels"]`` ``[B]`` over the batch and posterior samples."""
+        if inputs.get("labels") is None:
+            raise ValueError("a LatentODE with num_classes needs inputs['labels'] ([batch] int) in training.")
+        labels = tf.cast(tf.convert_to_tensor(inputs["labels"]), tf.int32)
+        if labels.shape.rank != 1:
+            raise ValueError(f"labels must be [batch] class indices, got shape {labels.shape}.")
+        logits = self.classifier(tf.reshape(z0_samples, [-1, self.latent_dim]))  # [K*B, C], sample-major
+        labels = tf.tile(labels, [self.iwae_samples])
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
 
     def compute_output_shape(self, input_shape):
         values = input_shape["values"]
         query = input_shape.get("query_times", input_shape["times"])
-        return (values[0], query[-1], self.obs_dim)
+        mean = (values[0], query[-1], self.obs_dim)
+        if self.classifier is None:
+            return mean
+        return {"mean": mean, "logits": (values[0], self.num_classes)}
 
     def get_config(self):
         config = super().get_config()
@@ -199,6 +390,12 @@ class LatentODE(keras.Model):
             decoder_hidden=list(self.decoder_hidden),
             obs_std=self.obs_std,
             kl_weight=self.kl_weight,
+            iwae_samples=self.iwae_samples,
+            poisson=self.poisson,
+            num_classes=self.num_classes,
+            classifier_hidden=list(self.classifier_hidden),
+            classification_weight=self.classification_weight,
+            seed=self.seed,
             **self.solver,
         )
         return config
@@ -207,4 +404,6 @@ class LatentODE(keras.Model):
 def predictive_rmse(model, times, values, mask, query_times, targets):
     """RMSE of the posterior-mean prediction at ``query_times`` against ``targets`` ``[B, Q, D]``."""
     predicted = model({"times": times, "values": values, "mask": mask, "query_times": query_times}, training=False)
+    if isinstance(predicted, dict):
+        predicted = predicted["mean"]
     return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(targets)) ** 2)))
