@@ -154,6 +154,17 @@ def query_features(query_times, batch):
 # ---------------------------------------------------------------------------
 
 
+def learning_rate(args):
+    """Adam's learning rate: constant ``--lr``, or with ``--cosine`` decayed to ``lr/10`` over the run."""
+    import keras
+
+    if not args.cosine:
+        return args.lr
+    train_spirals = args.num_spirals - int(round(args.num_spirals * args.test_fraction))
+    steps = args.epochs * -(-train_spirals // args.batch_size)
+    return keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps, alpha=0.1)
+
+
 def build_latent_ode(args):
     import keras
 
@@ -169,7 +180,7 @@ def build_latent_ode(args):
         obs_std=0.3,
         adjoint=True,
     )
-    model.compile(keras.optimizers.Adam(args.lr), jit_compile=False)
+    model.compile(keras.optimizers.Adam(learning_rate(args)), jit_compile=False)
     return model
 
 
@@ -185,7 +196,7 @@ def build_rnn(args):
     hidden = keras.layers.Dense(20, activation="relu")(hidden)
     outputs = keras.layers.Dense(2)(hidden)
     model = keras.Model({"observations": observations, "observed": observed, "queries": queries}, outputs)
-    model.compile(keras.optimizers.Adam(args.lr), loss="mse", jit_compile=False)
+    model.compile(keras.optimizers.Adam(learning_rate(args)), loss="mse", jit_compile=False)
     return model
 
 
@@ -334,7 +345,8 @@ def report(results, args, total_seconds, export_line):
     num_test = int(round(args.test_fraction * args.num_spirals))
     settings = (
         f"spirals {args.num_spirals} (train {args.num_spirals - num_test}, test {num_test}), epochs {args.epochs}, "
-        f"batch {args.batch_size}, Adam lr {args.lr}, seed {args.seed}; total {total_seconds:.0f} s"
+        f"batch {args.batch_size}, Adam lr {args.lr}{' cosine-decayed to lr/10' if args.cosine else ''}, "
+        f"seed {args.seed}; total {total_seconds:.0f} s"
     )
     losses = "; ".join(
         f"n={r['n']}: LODE -ELBO {r['latent_loss'][0]:.1f} -> {r['latent_loss'][1]:.1f}, "
@@ -383,6 +395,7 @@ def parse_args(argv=None):
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--batch-size", type=int, default=None, help="default 100 (50 with --quick)")
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--cosine", action="store_true", help="cosine-decay the learning rate to lr/10 over the run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs", help="directory of plots, tables and the export")
     parser.add_argument("--no-export", action="store_true")

@@ -244,6 +244,14 @@ def test_fit_lowers_loss_and_beats_mean_predictor():
     rmse = predictive_rmse(model, times, values, np.ones_like(values), full_times, data["clean"])
     mean_rmse = float(np.sqrt(np.mean((data["clean"] - values.mean(axis=(0, 1))) ** 2)))  # ~3.8
     assert rmse < 0.8 * mean_rmse, (rmse, mean_rmse)
+    # Extrapolate 5 reference steps past the window (the clean spiral continues in clean_full).
+    step = float(data["times"][1] - data["times"][0])
+    ahead = data["times"][-1] + step * np.arange(1, 6, dtype="float32")
+    rows = data["start"][:, None] + 20 + np.arange(5)
+    target = np.take_along_axis(data["clean_full"], rows[..., None], axis=1)
+    extrapolation = predictive_rmse(model, times, values, np.ones_like(values), np.broadcast_to(ahead, (40, 5)), target)
+    mean_extrapolation = float(np.sqrt(np.mean((target - values.mean(axis=(0, 1))) ** 2)))
+    assert extrapolation < 0.8 * mean_extrapolation, (extrapolation, mean_extrapolation)
 
 
 # ---------------------------------------------------------------------------
