@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfode.solvers import solve
 
-__all__ = ["check_batch", "next_observed_gaps", "solve_at_series_times"]
+__all__ = ["check_batch", "next_observed_gaps", "solve_at_series_times", "unpack_inputs"]
 
 
 def check_batch(times, values, mask=None):
@@ -46,6 +46,52 @@ def check_batch(times, values, mask=None):
         raise ValueError(f"series {empty.tolist()} have no observed point (mask all zero).")
     if np.any(~np.isfinite(values[observed])):
         raise ValueError("values contain NaN/Inf at observed (mask == 1) entries.")
+
+
+def unpack_inputs(inputs, obs_dim):
+    """Validate a model's input dict; ``(times, values, mask, query)`` as tensors.
+
+    Args:
+        inputs: dict with ``times`` ``[T]`` or ``[B, T]``, ``values`` ``[B, T, D]``
+            and optional ``mask`` ``[B, T, D]`` (default all ones) and
+            ``query_times`` ``[Q]`` or ``[B, Q]`` (returned as ``None`` if absent).
+        obs_dim: the model's ``D``.
+
+    Everything is cast to the values' float dtype. Eagerly the whole batch is
+    checked (``check_batch``, finite non-negative query times); in a graph,
+    the static shapes.
+
+    Raises:
+        ValueError: naming the offending argument.
+    """
+    if not isinstance(inputs, dict) or "times" not in inputs or "values" not in inputs:
+        raise ValueError("inputs must be a dict with 'times' and 'values' (optional 'mask', 'query_times').")
+    values = tf.convert_to_tensor(inputs["values"])
+    if not values.dtype.is_floating:
+        values = tf.cast(values, tf.float32)
+    times = tf.cast(tf.convert_to_tensor(inputs["times"]), values.dtype)
+    mask = inputs.get("mask")
+    mask = tf.ones_like(values) if mask is None else tf.cast(tf.convert_to_tensor(mask), values.dtype)
+    query = inputs.get("query_times")
+    query = None if query is None else tf.cast(tf.convert_to_tensor(query), values.dtype)
+    if values.shape.rank != 3:
+        raise ValueError(f"values must be [batch, time, features], got shape {values.shape}.")
+    if values.shape[-1] is not None and values.shape[-1] != obs_dim:
+        raise ValueError(f"values must have obs_dim = {obs_dim} features, got shape {values.shape}.")
+    if not mask.shape.is_compatible_with(values.shape):
+        raise ValueError(f"mask must have values' shape {values.shape}, got {mask.shape}.")
+    if times.shape.rank not in (1, 2) or not tf.TensorShape(times.shape[-1:]).is_compatible_with(values.shape[1:2]):
+        raise ValueError(f"times must be [time] or [batch, time] matching values {values.shape}, got {times.shape}.")
+    if query is not None:
+        if query.shape.rank not in (1, 2):
+            raise ValueError(f"query_times must be [query] or [batch, query], got shape {query.shape}.")
+        if query.shape.rank == 2 and not tf.TensorShape(query.shape[:1]).is_compatible_with(values.shape[:1]):
+            raise ValueError(f"query_times has batch {query.shape[0]} but values has batch {values.shape[0]}.")
+    if tf.executing_eagerly():
+        check_batch(times.numpy(), values.numpy(), mask.numpy())
+        if query is not None and (not np.all(np.isfinite(query.numpy())) or np.any(query.numpy() < 0)):
+            raise ValueError("query_times must be finite and >= 0 (the state starts at t = 0).")
+    return times, values, mask, query
 
 
 def next_observed_gaps(times, step_observed):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfode._overrides import current_tolerances
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
-from tfode.models._irregular import check_batch, solve_at_series_times
+from tfode.models._irregular import solve_at_series_times, unpack_inputs
 
 __all__ = [
     "LatentODE",
@@ -215,36 +215,11 @@ class LatentODE(keras.Model):
         self.built = True
 
     def _unpack(self, inputs):
-        if not isinstance(inputs, dict) or "times" not in inputs or "values" not in inputs:
-            raise ValueError("inputs must be a dict with 'times' and 'values' (optional 'mask', 'query_times').")
-        values = tf.convert_to_tensor(inputs["values"])
-        if not values.dtype.is_floating:
-            values = tf.cast(values, tf.float32)
-        times = tf.cast(tf.convert_to_tensor(inputs["times"]), values.dtype)
-        mask = inputs.get("mask")
-        mask = tf.ones_like(values) if mask is None else tf.cast(tf.convert_to_tensor(mask), values.dtype)
-        query = inputs.get("query_times")
-        query = times if query is None else tf.cast(tf.convert_to_tensor(query), values.dtype)
-        if values.shape.rank != 3:
-            raise ValueError(f"values must be [batch, time, features], got shape {values.shape}.")
-        if values.shape[-1] is not None and values.shape[-1] != self.obs_dim:
-            raise ValueError(f"values must have obs_dim = {self.obs_dim} features, got shape {values.shape}.")
-        if mask.shape.rank is not None and not mask.shape.is_compatible_with(values.shape):
-            raise ValueError(f"mask must have values' shape {values.shape}, got {mask.shape}.")
-        if times.shape.rank not in (1, 2) or not tf.TensorShape(times.shape[-1:]).is_compatible_with(values.shape[1:2]):
-            raise ValueError(
-                f"times must be [time] or [batch, time] matching values {values.shape}, got {times.shape}."
-            )
-        if query.shape.rank not in (1, 2):
-            raise ValueError(f"query_times must be [query] or [batch, query], got shape {query.shape}.")
-        if query.shape.rank == 2 and not tf.TensorShape(query.shape[:1]).is_compatible_with(values.shape[:1]):
-            raise ValueError(f"query_times has batch {query.shape[0]} but values has batch {values.shape[0]}.")
+        times, values, mask, query = unpack_inputs(inputs, self.obs_dim)
+        if query is None:
+            return times, values, mask, times
         if tf.executing_eagerly():
-            check_batch(times.numpy(), values.numpy(), mask.numpy())
-            query_np = query.numpy()
-            if not np.all(np.isfinite(query_np)) or np.any(query_np < 0):
-                raise ValueError("query_times must be finite and >= 0 (the latent state starts at t = 0).")
-            if np.any(np.diff(query_np, axis=-1) < 0):
+            if np.any(np.diff(query.numpy(), axis=-1) < 0):
                 raise ValueError("query_times must be non-decreasing within each series.")
         elif query.shape.rank == 2:
             with tf.control_dependencies(

@@ -29,12 +29,11 @@ Batch format: see ``tfode.models._irregular`` (``times`` ``[T]`` or ``[B, T]``,
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfode._overrides import current_tolerances
 from tfode.layers._vector_fields import TimeMLP
-from tfode.models._irregular import check_batch
+from tfode.models._irregular import unpack_inputs
 from tfode.models._latent_ode import masked_gaussian_log_likelihood
 from tfode.solvers import solve
 from tfode.tableaus import get_tableau
@@ -153,44 +152,12 @@ class _GRUForwardCell(_ForwardCell):
 
 def _unpack(inputs, obs_dim):
     """``(times [B, T], values [B, T, D], mask [B, T, D], query [B, Q] or None)``, validated."""
-    if not isinstance(inputs, dict) or "times" not in inputs or "values" not in inputs:
-        raise ValueError("inputs must be a dict with 'times' and 'values' (optional 'mask', 'query_times').")
-    values = tf.convert_to_tensor(inputs["values"])
-    if not values.dtype.is_floating:
-        values = tf.cast(values, tf.float32)
-    times = tf.cast(tf.convert_to_tensor(inputs["times"]), values.dtype)
-    mask = inputs.get("mask")
-    mask = tf.ones_like(values) if mask is None else tf.cast(tf.convert_to_tensor(mask), values.dtype)
-    query = inputs.get("query_times")
-    query = None if query is None else tf.cast(tf.convert_to_tensor(query), values.dtype)
-    if values.shape.rank != 3:
-        raise ValueError(f"values must be [batch, time, features], got shape {values.shape}.")
-    if values.shape[-1] is not None and values.shape[-1] != obs_dim:
-        raise ValueError(f"values must have obs_dim = {obs_dim} features, got shape {values.shape}.")
-    if not mask.shape.is_compatible_with(values.shape):
-        raise ValueError(f"mask must have values' shape {values.shape}, got {mask.shape}.")
-    if times.shape.rank not in (1, 2) or not tf.TensorShape(times.shape[-1:]).is_compatible_with(values.shape[1:2]):
-        raise ValueError(f"times must be [time] or [batch, time] matching values {values.shape}, got {times.shape}.")
-    if query is not None:
-        _check_query(query, values)
-    if tf.executing_eagerly():
-        check_batch(times.numpy(), values.numpy(), mask.numpy())
+    times, values, mask, query = unpack_inputs(inputs, obs_dim)
     if times.shape.rank == 1:
         times = tf.broadcast_to(times[None], tf.shape(values)[:2])
     if query is not None and query.shape.rank == 1:
         query = tf.broadcast_to(query[None], tf.concat([tf.shape(values)[:1], tf.shape(query)], axis=0))
     return times, values, mask, query
-
-
-def _check_query(query, values):
-    if query.shape.rank not in (1, 2):
-        raise ValueError(f"query_times must be [query] or [batch, query], got shape {query.shape}.")
-    if query.shape.rank == 2 and not tf.TensorShape(query.shape[:1]).is_compatible_with(values.shape[:1]):
-        raise ValueError(f"query_times has batch {query.shape[0]} but values has batch {values.shape[0]}.")
-    if tf.executing_eagerly():
-        q = query.numpy()
-        if not np.all(np.isfinite(q)) or np.any(q < 0):
-            raise ValueError("query_times must be finite and >= 0 (the state starts at t = 0).")
 
 
 def _step_inputs(times, values, mask):
