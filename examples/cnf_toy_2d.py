@@ -9,14 +9,18 @@ Jacobian-Frobenius penalties (Finlay et al. 2020; weights 0.01 each). It writes
 
 * ``<out>/cnf_toy_2d_<variant>.png``: rows = data sets; columns = data | samples |
   density heat-map, one figure per variant;
-* ``<out>/cnf_toy_2d.md``: a markdown table of test NLL and the mean numbers of
-  vector-field evaluations (NFE) per training iteration, forward and backward.
+* ``<out>/cnf_toy_2d.md``: a markdown table of test NLL, the density's mass on the
+  plotted grid (trapezoidal rule; ≈ 1 for a proper density whose mass lies in the
+  grid) and the mean numbers of vector-field evaluations (NFE) per training
+  iteration, forward and backward.
 
-NFE are counted by a wrapper around the vector field that increments a variable on
-every evaluation (``ContinuousFlowBijector`` exposes no solver statistics). The
-adjoint's backward solve calls the same wrapper, so the count read after the
-gradient minus the count read after the loss is the backward NFE: evaluations of
-the augmented dynamics, each one field evaluation plus its vector-Jacobian product.
+NFE are the bijector's solver statistics: ``bijector.solve_stats.num_fn_evals``
+(the last solve) and ``bijector.backward_stats.num_fn_evals`` (the adjoint's
+backward solve, evaluations of the augmented dynamics, each one field evaluation
+plus its vector-Jacobian product). Evaluation and sampling solve only
+``(z, log-det)``: the RNODE channels are integrated by the training loss alone.
+For the FFJORD comparison (``tfb.FFJORD`` has no statistics) a wrapper around the
+vector field counts evaluations in a variable for both implementations.
 
 ``--compare-ffjord`` then times one training step (loss + gradient, batch
 ``--batch-size``) of the flow trained last (first variant, last data set) against
@@ -81,37 +85,24 @@ class Flow:
         self.layer = tfode.layers.TimeMLP(hidden=args.hidden)
         self.layer(tf.zeros([]), tf.zeros([1, 2]))  # build
         self.initial_weights = [v.numpy() for v in self.layer.weights]
-        self.field = CountingField(self.layer)
         self.bijector = tfode.ContinuousFlowBijector(
-            self.field, 0.0, 1.0, trace=args.trace, method=args.method, rtol=args.rtol, atol=args.atol,
-            regularize=rnode, seed=args.seed,
-        )  # fmt: skip
+            self.layer, 0.0, 1.0, trace=args.trace, method=args.method, rtol=args.rtol, atol=args.atol, seed=args.seed
+        )
         self.base = tfd.MultivariateNormalDiag(tf.zeros([2]))
         self.distribution = tfd.TransformedDistribution(self.base, self.bijector)
-        # Evaluation and sampling need no RNODE channels (a regularize=True bijector
-        # integrates them in every solve): a plain bijector on the same field.
-        self.eval_bijector = tfode.ContinuousFlowBijector(
-            self.field, 0.0, 1.0, trace=args.trace, method=args.method, rtol=args.rtol, atol=args.atol, seed=args.seed
-        )
-        eval_distribution = tfd.TransformedDistribution(self.base, self.eval_bijector)
         self.optimizer = keras.optimizers.Adam(args.lr)
         self.optimizer.build(self.layer.trainable_variables)
         # Its variables hold the iteration count, the learning rate and the moments.
         self.initial_optimizer_state = [v.numpy() for v in self.optimizer.variables]
         self.train_step = tf.function(self._train_step, autograph=False, jit_compile=args.jit)
-        self.log_prob = tf.function(self.counted(eval_distribution.log_prob), autograph=False)
-        self.forward = tf.function(self.eval_bijector.forward, autograph=False)
+        self.log_prob = tf.function(self._log_prob, autograph=False)
+        self.forward = tf.function(self.bijector.forward, autograph=False)
 
-    def counted(self, fn):
-        """``fn(x) -> (fn(x), evaluations of the field it made)``."""
-
-        def wrapped(x):
-            before = self.field.count.read_value()
-            out = fn(x)
-            with tf.control_dependencies([out]):
-                return out, self.field.count.read_value() - before
-
-        return wrapped
+    def _log_prob(self, x):
+        """``(log p(x), NFE of its solve)``."""
+        log_prob = self.distribution.log_prob(x)
+        with tf.control_dependencies([log_prob]):
+            return log_prob, self.bijector.solve_stats.num_fn_evals.read_value()
 
     def reset(self):
         """Initial weights and a fresh optimizer state (keeps the traced functions)."""
@@ -132,15 +123,15 @@ class Flow:
 
     def _train_step(self, x):
         variables = self.layer.trainable_variables
-        before = self.field.count.read_value()
         with tf.GradientTape() as tape:
             loss, nll = self.loss(x)
-        after_forward = self.field.count.read_value()
+        with tf.control_dependencies([loss]):
+            forward_nfe = self.bijector.solve_stats.num_fn_evals.read_value()
         grads = tape.gradient(loss, variables)
         with tf.control_dependencies(grads):
-            after_backward = self.field.count.read_value()
+            backward_nfe = self.bijector.backward_stats.num_fn_evals.read_value()
         self.optimizer.apply_gradients(zip(grads, variables))
-        return loss, nll, after_forward - before, after_backward - after_forward
+        return loss, nll, forward_nfe, backward_nfe
 
 
 def chunks(x, batch):
@@ -191,9 +182,12 @@ def evaluate(flow, name, args):
     axis = np.linspace(-LIMIT, LIMIT, args.grid)
     grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2).astype(np.float32)
     density = np.exp(log_prob_and_nfe(flow, grid, args.eval_batch)[0]).reshape(args.grid, args.grid)
+    weights = np.ones(args.grid)
+    weights[[0, -1]] = 0.5  # trapezoidal rule
+    mass = float(weights @ density.astype(np.float64) @ weights) * (axis[1] - axis[0]) ** 2
     z = np.random.default_rng(args.seed).normal(size=(args.num_samples, 2)).astype(np.float32)
     samples = np.concatenate([flow.forward(chunk).numpy()[:n] for chunk, n in chunks(z, args.eval_batch)])
-    return dict(test_nll=-float(np.mean(log_prob)), test_nfe=test_nfe, density=density, samples=samples)
+    return dict(test_nll=-float(np.mean(log_prob)), test_nfe=test_nfe, density=density, samples=samples, mass=mass)
 
 
 def plot(results, names, variant, args, path):
@@ -339,7 +333,8 @@ def main():
             r = train(flow, name, args)
             r.update(evaluate(flow, name, args))
             results[(name, variant)] = r
-            print(f"{name} {variant}: test NLL {r['test_nll']:.3f} (NFE {r['test_nfe']:.0f}), NFE/iter "
+            print(f"{name} {variant}: test NLL {r['test_nll']:.3f} (NFE {r['test_nfe']:.0f}), grid mass "
+                  f"{r['mass']:.4f}, NFE/iter "
                   f"fwd {r['fwd_nfe']:.1f} bwd {r['bwd_nfe']:.1f}, first iteration {r['first_s']:.1f} s, "
                   f"then {r['per_iter_s']:.2f} s/iter",
                   flush=True)  # fmt: skip
@@ -352,17 +347,18 @@ def main():
         f"CNF, TimeMLP{args.hidden}, {args.trace} trace, {args.method} rtol={args.rtol:g} atol={args.atol:g}, adjoint; "
         f"{args.iters} iterations of batch {args.batch_size}, Adam {args.lr:g}; test NLL on {args.test_size} "
         f"held-out points (test NFE: one log p solve of {args.eval_batch} points, without RNODE channels); "
+        f"grid mass: ∫ p over [-{LIMIT:g}, {LIMIT:g}]² (trapezoidal, {args.grid}² points); "
         "fwd / bwd NFE: vector-field evaluations per training iteration (mean over training).",
         "",
-        "| data set | variant | test NLL (nats) | test NFE | fwd NFE / iter | bwd NFE / iter | s / iter |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| data set | variant | test NLL (nats) | grid mass | test NFE | fwd NFE / iter | bwd NFE / iter | s / iter |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         for variant in variants:
             r = results[(name, variant)]
             label = rnode_text if variant == "rnode" else "plain"
-            lines.append(f"| {name} | {label} | {r['test_nll']:.3f} | {r['test_nfe']:.0f} | {r['fwd_nfe']:.1f} | "
-                         f"{r['bwd_nfe']:.1f} | {r['per_iter_s']:.2f} |")  # fmt: skip
+            lines.append(f"| {name} | {label} | {r['test_nll']:.3f} | {r['mass']:.4f} | {r['test_nfe']:.0f} | "
+                         f"{r['fwd_nfe']:.1f} | {r['bwd_nfe']:.1f} | {r['per_iter_s']:.2f} |")  # fmt: skip
     if args.compare_ffjord:
         x = tfode.datasets.toy_2d(names[-1], args.batch_size, seed=30_000 + args.seed)
         lines += ["", time_against_ffjord(flows[variants[0]], x, args, args.timing_repeats)]

@@ -28,7 +28,10 @@ import scipy.linalg  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 
+import tfode  # noqa: E402
+import tfode.bijectors  # noqa: E402
 from tfode import ContinuousFlowBijector  # noqa: E402
+from tfode.solvers import solve  # noqa: E402
 
 tfd = tfp.distributions
 
@@ -262,6 +265,34 @@ def test_adjoint_gradient_matches_backpropagation(gradient_problem, mode):
     assert np.linalg.norm(flat_ref) > 1e-2
 
 
+def test_gradient_matches_finite_differences(gradient_problem):
+    # Central differences of L(θ) = mean log p(x; θ) along random unit directions v of all
+    # the weights, against v·∇L by backpropagation (which the adjoint matches above). The
+    # solves run at 1e-10, so L is accurate to ~1e-10 and the difference quotient to
+    # ~1e-10 / h = 1e-6, plus a truncation error ~h² |L'''(θ)| ~ 1e-8.
+    field, x, variables, expected = gradient_problem
+    dist = _distribution(ContinuousFlowBijector(field, rtol=1e-10, atol=1e-10), 2)
+    flat_grad = np.concatenate([g.ravel() for g in expected])
+    initial = [v.numpy() for v in variables]
+    sizes = [value.size for value in initial]
+
+    def loss_at(offset):
+        for variable, value, delta in zip(variables, initial, np.split(offset, np.cumsum(sizes)[:-1])):
+            variable.assign(value + delta.reshape(value.shape))
+        return float(tf.reduce_mean(dist.log_prob(tf.identity(x))))  # a new tensor: no cached solve
+
+    rng, h = np.random.default_rng(7), 1e-4
+    try:
+        for _ in range(3):
+            v = rng.normal(size=flat_grad.size)
+            v /= np.linalg.norm(v)
+            difference = (loss_at(h * v) - loss_at(-h * v)) / (2 * h)
+            assert abs(flat_grad @ v) > 1e-3  # a direction the loss depends on
+            np.testing.assert_allclose(difference, flat_grad @ v, rtol=1e-4, atol=1e-6)
+    finally:
+        loss_at(np.zeros(flat_grad.size))
+
+
 # --------------------------------------------------------------------------- #
 # RNODE regularizers
 # --------------------------------------------------------------------------- #
@@ -299,12 +330,98 @@ def test_regularization_closed_forms():
     np.testing.assert_allclose(forward_terms["kinetic_energy"], kinetic, rtol=1e-7)
 
 
-def test_regularization_needs_regularize():
-    flow = ContinuousFlowBijector(_linear(A2))
-    with pytest.raises(ValueError, match="regularize=True"):
-        flow.inverse_and_regularization(tf.ones([3, 2]))
-    with pytest.raises(ValueError, match="regularize=True"):
-        flow.forward_and_regularization(tf.ones([3, 2]))
+@pytest.fixture
+def solve_sizes(monkeypatch):
+    """The number of state leaves of every ``tfode.solve`` the bijector traces (a list)."""
+    sizes = []
+
+    def recording_solve(func, y0, *args, **kwargs):
+        sizes.append(len(tf.nest.flatten(y0)))
+        return solve(func, y0, *args, **kwargs)
+
+    monkeypatch.setattr(tfode.bijectors, "solve", recording_solve)
+    return sizes
+
+
+def test_rnode_channels_only_when_asked(solve_sizes):
+    # (z, log-det) is 2 leaves, with RNODE's kinetic and Frobenius channels 4. The legacy
+    # regularize=True once made every solve carry 4 leaves; now only *_and_regularization do,
+    # and they work on any bijector.
+    y = _points(5, 2, seed=8)
+    legacy = ContinuousFlowBijector(_linear(A2), regularize=True)
+    dist = _distribution(legacy, 2)
+    dist.log_prob(y)
+    legacy.forward(y)
+    dist.sample(3, seed=1)
+    assert solve_sizes == [2, 2, 2]
+    legacy_terms = legacy.inverse_and_regularization(y)[2]
+    assert solve_sizes[-1] == 4
+    x, ildj, terms = ContinuousFlowBijector(_linear(A2)).inverse_and_regularization(y)
+    _, fldj, _ = ContinuousFlowBijector(_linear(A2)).forward_and_regularization(x)
+    assert solve_sizes[-2:] == [4, 4]
+    np.testing.assert_allclose(fldj, -ildj, rtol=0, atol=1e-9)
+    for key in ("kinetic_energy", "jacobian_frobenius"):
+        np.testing.assert_array_equal(terms[key], legacy_terms[key])
+        assert np.all(terms[key].numpy() > 0)
+
+
+# --------------------------------------------------------------------------- #
+# Solver statistics and tolerance overrides
+# --------------------------------------------------------------------------- #
+
+
+def test_solver_stats_under_tf_function():
+    # The field counts its executed evaluations (a variable), so the counts the bijector
+    # records can be checked exactly: the forward solve evaluates the augmented dynamics
+    # (one field call each) num_fn_evals times; the adjoint's backward count is its
+    # augmented evaluations plus one field call per output time, again one field call each.
+    field = _MLP(2, seed=9)
+    backward = tfode.BackwardStats()  # a user-supplied recorder
+    flow = ContinuousFlowBijector(field, rtol=1e-6, atol=1e-6, backward_stats=backward)
+    assert flow.backward_stats is backward
+    dist = _distribution(flow, 2)
+    variables = [field.w1, field.b1, field.w2]
+
+    @tf.function(autograph=False)
+    def step(x):
+        start = field.evals.read_value()
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(dist.log_prob(x))
+        with tf.control_dependencies([loss]):
+            after_forward = field.evals.read_value()
+        grads = tape.gradient(loss, variables)
+        with tf.control_dependencies(grads):
+            after_backward = field.evals.read_value()
+        return after_forward - start, after_backward - after_forward
+
+    forward_evals, backward_evals = (int(n) for n in step(_points(8, 2, seed=10)))
+    assert forward_evals > 10 and backward_evals > 10
+    assert int(flow.solve_stats.num_fn_evals) == forward_evals
+    assert int(backward.num_fn_evals) == backward_evals
+    assert int(flow.solve_stats.num_steps) > 0 and int(backward.num_steps) > 0
+    assert int(flow.solve_stats.status) == int(backward.status) == 0
+    # A sample (forward direction, eagerly) overwrites the solve counters; no gradient, so
+    # the backward counters keep the last backward pass.
+    before = int(field.evals.numpy())
+    dist.sample(4, seed=2)
+    assert int(flow.solve_stats.num_fn_evals) == int(field.evals.numpy()) - before
+    assert int(backward.num_fn_evals) == backward_evals
+
+
+def test_solver_tolerances_apply_to_eager_calls():
+    # Eager solves run as a traced function; a tfode.solver_tolerances block must reach it
+    # (as tensor arguments) even after it was traced with the bijector's own tolerances.
+    field = _MLP(2, seed=13, gain=1.5)
+    flow = ContinuousFlowBijector(field, rtol=1e-3, atol=1e-3)
+    x = _points(4, 2, seed=14)
+    loose = flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1)
+    loose_nfe = int(flow.solve_stats.num_fn_evals)
+    with tfode.solver_tolerances(1e-10, 1e-10):
+        tight = flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1)
+    assert int(flow.solve_stats.num_fn_evals) > 3 * loose_nfe
+    reference = ContinuousFlowBijector(field, rtol=1e-10, atol=1e-10).forward_log_det_jacobian(x, event_ndims=1)
+    np.testing.assert_allclose(tight, reference, rtol=0, atol=1e-12)  # same solver, same settings
+    assert np.abs(loose - reference).max() > 1e-8  # the loose solve really was loose
 
 
 # --------------------------------------------------------------------------- #
@@ -322,6 +439,10 @@ def test_regularization_needs_regularize():
         (dict(t0=0.0, t1=0), ValueError, "t0 and t1 must differ"),
         (dict(vector_field=3.0), TypeError, "vector_field must be callable"),
         (dict(vector_field=None), TypeError, "vector_field must be callable"),
+        (dict(noise=None), ValueError, "noise must be one of"),
+        (dict(seed="0"), TypeError, "seed must be an int or None"),
+        (dict(seed=1.5), TypeError, "seed must be an int or None"),
+        (dict(seed=True), TypeError, "seed must be an int or None"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, error, match):
@@ -334,3 +455,88 @@ def test_field_not_a_function_of_t_and_z():
     flow = ContinuousFlowBijector(lambda z: -z)
     with pytest.raises(TypeError, match="positional argument"):
         flow.forward(tf.ones([3, 2]))
+
+
+def _wide(t, z):
+    return tf.concat([z, z[..., :1]], axis=-1)
+
+
+@pytest.mark.parametrize(
+    ("field", "error", "match"),
+    [
+        (_wide, ValueError, r"vector_field must return dz/dt with z's shape \[4, 2\] \(\[\.\.\., D\]\), got \[4, 3\]"),
+        (lambda t, z: tf.reduce_sum(z, axis=0), ValueError, r"z's shape \[4, 2\] .*got \[2\]"),
+        (lambda t, z: tf.cast(z, tf.float64), TypeError, "vector_field must return dz/dt in z's dtype float32"),
+        (lambda t, z: None, TypeError, "vector_field must return a tensor"),
+    ],
+    ids=["wider", "reduced", "dtype", "none"],
+)
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_rejects_bad_vector_field_output_at_first_call(field, error, match, trace):
+    calls = []
+
+    def counted(t, z):
+        calls.append(z.shape)
+        return field(t, z)
+
+    flow = ContinuousFlowBijector(counted, trace=trace)
+    with pytest.raises(error, match=match):
+        flow.forward(tf.ones([4, 2]))
+    assert len(calls) == 1  # raised at the first evaluation, before any step
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "match"),
+    [
+        ("forward", tf.constant(1.0), "x must have rank >= 1"),
+        ("inverse", tf.constant(1.0), "y must have rank >= 1"),
+        ("forward", tf.ones([3, 0]), r"x must have event size D >= 1 .*\[3, 0\]"),
+    ],
+)
+def test_rejects_bad_events(method, value, match):
+    flow = ContinuousFlowBijector(lambda t, z: -z)
+    with pytest.raises(ValueError, match=match):
+        getattr(flow, method)(value)
+
+
+def test_exact_trace_needs_a_static_event_size():
+    flow = ContinuousFlowBijector(lambda t, z: -z)
+    forward = tf.function(flow.forward, input_signature=[tf.TensorSpec([None, None])], autograph=False)
+    with pytest.raises(ValueError, match="trace='exact' needs a static event size D"):
+        forward(tf.ones([4, 2]))
+
+
+def test_hutchinson_seeded_compiles_under_xla():
+    # An int seed hands each solve a stateless seed: XLA compiles it and draws the same
+    # noise as the graph (two bijectors with one seed start from the same generator state).
+    x = tf.ones([16, 2], tf.float64)
+
+    def log_det(jit):
+        flow = ContinuousFlowBijector(_linear(A2), trace="hutchinson", seed=4)
+        run = tf.function(lambda x: flow.forward_log_det_jacobian(x, event_ndims=1), jit_compile=jit)
+        return run(x).numpy()
+
+    xla, graph = log_det(True), log_det(False)
+    values = np.trace(A2) + np.array([-1.0, 1.0]) * (A2[0, 1] + A2[1, 0])  # see the Rademacher test above
+    np.testing.assert_allclose(np.min(np.abs(xla[:, None] - values[None]), axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(xla, graph, rtol=0, atol=1e-12)
+
+
+def test_hutchinson_without_seed():
+    # seed=None: TF's stateful RNG, a fresh draw per solve; refused under XLA with an error
+    # that names the argument (XLA would compile it without reproducible noise).
+    flow = ContinuousFlowBijector(_linear(A2), trace="hutchinson", seed=None)
+    x = tf.ones([64, 2], tf.float64)
+    first = flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1).numpy()
+    second = flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1).numpy()
+    assert not np.array_equal(first, second)
+    with pytest.raises(ValueError, match=r"seed=None .*XLA .*pass an int seed"):
+        tf.function(lambda x: flow.forward(x), jit_compile=True)(x)
+    # The exact trace draws no noise: seed=None is fine there, XLA included.
+    exact = ContinuousFlowBijector(_linear(A2), seed=None)
+    np.testing.assert_allclose(
+        tf.function(lambda x: exact.forward_log_det_jacobian(x, event_ndims=1), jit_compile=True)(x),
+        np.full(64, np.trace(A2)),
+        rtol=0,
+        atol=1e-12,
+    )

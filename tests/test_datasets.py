@@ -68,19 +68,27 @@ def test_num_samples_accepts_numpy_int():
     assert toy_2d("moons", np.int64(5)).shape == (5, 2)
 
 
-# BUG (reported): _two_spirals builds n // 2 points per arm and pads an odd n with
-# points[:1], which is empty when n == 1, so toy_2d("2spirals", 1) has shape (0, 2).
-_SINGLE = [
-    pytest.param(n, marks=pytest.mark.xfail(reason="2spirals with num_samples=1 returns shape (0, 2)", strict=True))
-    if n == "2spirals"
-    else n
-    for n in NAMES
-]
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("num_samples", [1, 2, 3, 5, 9, 33])
+def test_exact_row_count_and_distinct_rows(name, num_samples):
+    # Every set returns exactly num_samples rows, odd sizes included (2spirals once returned
+    # (0, 2) for n = 1 and padded odd n with a copy of its first point). Each point draws
+    # its own continuous noise, so rows are distinct.
+    x = toy_2d(name, num_samples, seed=0)
+    assert x.shape == (num_samples, 2)
+    assert len(np.unique(x, axis=0)) == num_samples
 
 
-@pytest.mark.parametrize("name", _SINGLE)
-def test_single_sample(name):
-    assert toy_2d(name, 1, seed=0).shape == (1, 2)
+def test_two_spirals_odd_size_mirrors_its_arms():
+    # An odd n: a first arm of (n + 1) / 2 points and the mirror image (x -> -x) of all but
+    # its last point. Row i and row i + (n + 1) // 2 are mirrored before their independent
+    # noise (sd 0.1 each, so their sum has sd 0.14 per coordinate; 0.6 is > 4 sd).
+    n = 9
+    x = toy_2d("2spirals", n, seed=2).astype(np.float64)
+    half = (n + 1) // 2
+    sums = x[: n - half] + x[half:]
+    assert np.all(np.abs(sums) < 0.6)
+    assert np.abs(x[: n - half]).max() > 1.0  # not collapsed to the origin
 
 
 @pytest.mark.parametrize("name", ["gaussians", "8Gaussians", "", "mnist"])

@@ -6,10 +6,13 @@ With ``dz/dt = f(t, z)`` the log-density changes by the trace of the Jacobian
     d log p(z(t)) / dt = -tr(∂f/∂z(t)),
 
 so ``forward`` (``t0 -> t1``) has ``log|det J| = ∫_{t0}^{t1} tr(∂f/∂z) dt``.
-Forward and inverse each solve ONE augmented system ``(z, log-det[, regularisers])``
-and fill the bijector cache, so ``log_prob`` does not solve twice. The log-det
-is carried reduced per event (one number per sample), which keeps the
-solver's error control on ``z`` undistorted.
+Forward and inverse each solve ONE augmented system ``(z, log-det)`` and fill
+the bijector cache, so ``log_prob`` does not solve twice. The log-det is
+carried reduced per event (one number per sample), which keeps the solver's
+error control on ``z`` undistorted. RNODE's regularizers are two more scalar
+channels per event, integrated only by ``forward_and_regularization`` /
+``inverse_and_regularization``: ``forward``, ``inverse``, ``log_prob`` and
+``sample`` solve the smaller state.
 
 References:
     Chen, Rubanova, Bettencourt & Duvenaud (2018), "Neural Ordinary Differential Equations".
@@ -21,24 +24,58 @@ References:
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow.python.ops import control_flow_util
 from tensorflow_probability.python.internal import cache_util
 
-from tfode._overrides import current_tolerances
+from tfode._overrides import current_tolerances, record_fn_evals
+from tfode.adjoint import _record
 from tfode.solvers import solve
 
 __all__ = ["ContinuousFlowBijector"]
 
 _TRACES = ("exact", "hutchinson")
 _NOISES = ("rademacher", "gaussian")
+_REGULARIZERS = ("kinetic_energy", "jacobian_frobenius")
 
 
-def _augmented_dynamics(field, trace, noise, regularize):
-    """Build ``g(t, (z, logdet, kinetic, jacobian)) -> derivatives``.
+def _check_field_output(z, dz, validate_args):
+    """Checks ``dz = f(t, z)`` at its first (trace-time) evaluation.
 
-    ``z``: ``[..., D]``; the scalar channels are ``[...]``. ``noise`` is ``None``
-    (exact trace) or a tensor shaped like ``z`` drawn once per solve.
+    Returns ``dz``, with a run-time shape assertion when ``validate_args`` and the
+    static shapes cannot decide.
+
+    Raises:
+        TypeError: ``dz`` is not a tensor or has another dtype than ``z``.
+        ValueError: ``dz``'s static shape differs from ``z``'s ``[..., D]``.
+    """
+    if not tf.is_tensor(dz):
+        raise TypeError(f"vector_field must return a tensor dz/dt shaped like z, got {type(dz).__name__}.")
+    if dz.dtype != z.dtype:
+        raise TypeError(f"vector_field must return dz/dt in z's dtype {z.dtype.name}, got {dz.dtype.name}.")
+    if not dz.shape.is_compatible_with(z.shape):
+        raise ValueError(
+            f"vector_field must return dz/dt with z's shape {z.shape.as_list()} ([..., D]), got {dz.shape.as_list()}."
+        )
+    if validate_args and not (z.shape.is_fully_defined() and dz.shape.is_fully_defined()):
+        message = "vector_field must return dz/dt with z's shape."
+        with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(dz), tf.shape(z), message=message)]):
+            dz = tf.identity(dz)
+    return dz
+
+
+def _augmented_dynamics(field, trace, noise, regularize, validate_args=False):
+    """Build ``g(t, (z, logdet[, kinetic, jacobian])) -> derivatives``.
+
+    ``z``: ``[..., D]``; the scalar channels are ``[...]``:
+    ``d logdet/dt = tr(∂f/∂z)`` (exact: ``sum_i (e_iᵀ ∂f/∂z)_i``, D vector-Jacobian
+    products; Hutchinson: ``(εᵀ ∂f/∂z) ε``, one VJP), and with ``regularize``
+    ``d kinetic/dt = ||f||²`` and ``d jacobian/dt = ||∂f/∂z||_F²`` (exact) or
+    ``||εᵀ ∂f/∂z||²`` (Hutchinson). ``noise`` is ``None`` (exact trace) or a
+    tensor shaped like ``z``, drawn once per solve.
     """
 
     def dynamics(t, state):
@@ -46,7 +83,7 @@ def _augmented_dynamics(field, trace, noise, regularize):
         dim = z.shape[-1]
         with tf.GradientTape(persistent=trace == "exact") as tape:
             tape.watch(z)
-            dz = field(t, z)
+            dz = _check_field_output(z, field(t, z), validate_args)
             components = [dz[..., i] for i in range(dim)] if trace == "exact" else None
         if trace == "exact":
             rows = [tape.gradient(component, z) for component in components]
@@ -65,14 +102,73 @@ def _augmented_dynamics(field, trace, noise, regularize):
     return dynamics
 
 
+def _check_event(name, z, trace):
+    """Static checks of a bijector input ``z`` ``[..., D]``, named ``name`` in errors."""
+    rank = z.shape.rank
+    if rank == 0:
+        raise ValueError(f"{name} must have rank >= 1 (events are vectors [..., D]), got a scalar.")
+    if rank is None:
+        return
+    if z.shape[-1] == 0:
+        raise ValueError(f"{name} must have event size D >= 1 (its last dimension), got shape {z.shape.as_list()}.")
+    if z.shape[-1] is None and trace == "exact":
+        raise ValueError(
+            f"trace='exact' needs a static event size D (the last dimension of {name}), got shape "
+            f"{z.shape.as_list()}; give {name} a static last dimension or use trace='hutchinson'."
+        )
+
+
+def _in_xla_context():
+    """Whether ops built now are compiled by XLA (``tf.function(jit_compile=True)``)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _noise(kind, shape, dtype, seed):
+    """Hutchinson noise ``[..., D]``: Rademacher (±1) or standard normal.
+
+    ``seed``: a stateless ``[2]`` seed, or ``None`` for TF's stateful op-level RNG.
+    Philox explicitly (not "auto_select", which XLA resolves differently), so a seed
+    gives the same Rademacher noise with and without XLA; XLA's normal transform
+    differs from TF's, so Gaussian noise has the same law but other values there.
+    """
+    if seed is None:
+        if kind == "gaussian":
+            return tf.random.normal(shape, dtype=dtype)
+        signs = tf.random.uniform(shape, minval=0, maxval=2, dtype=tf.int32)
+    else:
+        if kind == "gaussian":
+            return tf.random.stateless_normal(shape, seed, dtype=dtype, alg="philox")
+        signs = tf.random.stateless_uniform(shape, seed, minval=0, maxval=2, dtype=tf.int32, alg="philox")
+    return tf.cast(2 * signs - 1, dtype)
+
+
+class _SolveStats(tf.Module):
+    """Counters of one solve of the bijector: int32 variables ``num_fn_evals``, ``num_steps``, ``status``.
+
+    Under a ``tf.distribute`` strategy each replica writes its own copy (synchronized
+    on read, so an update is no cross-replica merge); reads outside replica context
+    give the first replica's counts.
+    """
+
+    def __init__(self, name):
+        super().__init__(name=name)
+        with self.name_scope:
+            self.num_fn_evals, self.num_steps, self.status = (
+                tf.Variable(0, dtype=tf.int32, trainable=False, name=field,
+                            synchronization=tf.VariableSynchronization.ON_READ,
+                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                for field in ("num_fn_evals", "num_steps", "status")
+            )  # fmt: skip
+
+
 class _GraphSolves:
     """Holds the eager-mode graph solves out of TF's object tracking (not saved)."""
 
-    def __init__(self, by_direction):
-        self.by_direction = by_direction
+    def __init__(self, by_key):
+        self.by_key = by_key
 
-    def __getitem__(self, direction):
-        return self.by_direction[direction]
+    def __getitem__(self, key):
+        return self.by_key[key]
 
 
 class ContinuousFlowBijector(tfp.bijectors.Bijector):
@@ -82,27 +178,47 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
     ``forward_log_det_jacobian = ∫ tr(∂f/∂z) dt``, one value per event.
 
     Args:
-        vector_field: ``f(t, z)`` with ``z`` ``[..., D]`` (e.g. ``tfode.layers.TimeMLP``).
+        vector_field: ``f(t, z)`` with ``z`` ``[..., D]`` returning ``dz/dt`` of the
+            same shape and dtype (e.g. ``tfode.layers.TimeMLP``); checked at its
+            first call.
         t0, t1: integration interval.
-        trace: ``"exact"`` (D vector-Jacobian products per evaluation; low D)
-            or ``"hutchinson"`` (one VJP with noise ``ε``: ``E[εᵀ ∂f/∂z ε] = tr``).
+        trace: ``"exact"`` (D vector-Jacobian products per evaluation; low D; needs a
+            static D) or ``"hutchinson"`` (one VJP with noise ``ε``: ``E[εᵀ ∂f/∂z ε] = tr``).
         noise: ``"rademacher"`` or ``"gaussian"`` noise for Hutchinson, drawn
-            ONCE per solve from a stateless seed (resampling inside a solve
-            makes the dynamics non-smooth and blows up NFE).
+            ONCE per solve (resampling inside a solve makes the dynamics
+            non-smooth and blows up NFE).
         method, rtol, atol, options: solver settings (see ``tfode.solve``).
         adjoint: gradients by the adjoint method; ``adjoint_norm`` as in ``solve``.
-        regularize: also integrate RNODE's kinetic energy ``∫||f||² dt`` and
-            Jacobian Frobenius norm ``∫||∂f/∂z||_F² dt`` (Hutchinson estimate
-            ``||εᵀ∂f/∂z||²`` with ``trace="hutchinson"``, exact otherwise); read
-            them with ``forward_and_regularization``/``inverse_and_regularization``.
-        seed: int seed of the noise generator.
-        validate_args: TFP convention.
+        regularize: deprecated and ignored. RNODE's kinetic energy ``∫||f||² dt``
+            and Jacobian Frobenius norm ``∫||∂f/∂z||_F² dt`` (Hutchinson estimate
+            ``||εᵀ∂f/∂z||²`` with ``trace="hutchinson"``, exact otherwise) are
+            integrated by ``forward_and_regularization``/``inverse_and_regularization``
+            on any bijector, and by no other method.
+        seed: Hutchinson noise. An int (default 0) seeds a ``tf.random.Generator``
+            that hands each solve a fresh stateless seed: reproducible, and it
+            compiles under XLA. ``None`` draws from TF's stateful op-level RNG: not
+            reproducible, and refused under XLA (``jit_compile=True``).
+        solve_stats: where each solve writes its counters: an object with any of
+            the variables ``num_fn_evals``, ``num_steps``, ``status`` (e.g. a
+            ``tfode.BackwardStats``). Default: the bijector's own int32 variables.
+        backward_stats: the same for the adjoint's backward solve (written when a
+            gradient is computed; ``adjoint=True`` only).
+        validate_args: TFP convention; also asserts at run time that ``vector_field``
+            returns ``z``'s shape when the static shapes cannot tell.
         name: name scope.
+
+    Raises:
+        TypeError: ``vector_field`` not callable; ``seed`` neither an int nor None.
+        ValueError: unknown ``trace`` or ``noise``; ``t0 == t1``. At the first solve:
+            a scalar input (events must be vectors), an event size of 0, an unknown D
+            with ``trace="exact"``, a ``vector_field`` output shaped unlike its input,
+            ``trace="hutchinson"`` with ``seed=None`` under XLA.
 
     Example:
         >>> flow = tfode.ContinuousFlowBijector(tfode.layers.TimeMLP(hidden=(64, 64, 64)))
         >>> dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
         >>> dist.log_prob(x); dist.sample(100)
+        >>> int(flow.solve_stats.num_fn_evals)  # NFE of the last solve
     """
 
     _cache = cache_util.BijectorCacheWithGreedyAttrs(
@@ -125,6 +241,8 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         adjoint_norm="seminorm",
         regularize=False,
         seed=0,
+        solve_stats=None,
+        backward_stats=None,
         validate_args=False,
         name="continuous_flow",
     ):
@@ -137,20 +255,24 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             raise ValueError(f"noise must be one of {_NOISES}, got {noise!r}.")
         if float(t0) == float(t1):
             raise ValueError(f"t0 and t1 must differ, got {t0!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}.")
         with tf.name_scope(name) as name:
             self._vector_field = vector_field
             self._t0, self._t1 = float(t0), float(t1)
             self._trace, self._noise = trace, noise
             self._solver_kwargs = dict(method=method, rtol=rtol, atol=atol, options=options,
                                        adjoint=adjoint, adjoint_norm=adjoint_norm)  # fmt: skip
-            self._regularize = bool(regularize)
-            self._noise_generator = tf.random.Generator.from_seed(int(seed))
+            self._noise_generator = None if seed is None else tf.random.Generator.from_seed(int(seed))
+            self._solve_stats = _SolveStats("solve_stats") if solve_stats is None else solve_stats
+            self._backward_stats = _SolveStats("backward_stats") if backward_stats is None else backward_stats
             # Eagerly, the adjoint stops outer tapes during its forward loop, which
             # would also stop the trace's own tape: run eager solves as a graph.
             self._solve_in_graph = _GraphSolves({
-                direction: tf.function(lambda z, d=direction: self._solve(z, *d), autograph=False,
-                                       reduce_retracing=True)
-                for direction in ((self._t0, self._t1), (self._t1, self._t0))
+                key: tf.function(lambda z, tolerances, k=key: self._solve(z, *k, tolerances), autograph=False,
+                                 reduce_retracing=True)
+                for key in ((self._t0, self._t1, False), (self._t1, self._t0, False),
+                            (self._t0, self._t1, True), (self._t1, self._t0, True))
             })  # fmt: skip
             super().__init__(forward_min_event_ndims=1, validate_args=validate_args, parameters=parameters, name=name)
 
@@ -162,49 +284,76 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
     def vector_field(self):
         return self._vector_field
 
+    @property
+    def solve_stats(self):
+        """Counters of the last solve (either direction): ``num_fn_evals``, ``num_steps``, ``status``.
+
+        Variables (read them after the call, e.g. ``int(flow.solve_stats.num_fn_evals)``);
+        a result served from the bijector cache runs no solve and writes nothing.
+        """
+        return self._solve_stats
+
+    @property
+    def backward_stats(self):
+        """Counters of the last adjoint backward solve, written by ``tape.gradient``."""
+        return self._backward_stats
+
     def _draw_noise(self, z):
         if self._trace == "exact":
             return None
-        seed = self._noise_generator.make_seeds(1)[:, 0]
-        shape = tf.shape(z)
-        if self._noise == "gaussian":
-            return tf.random.stateless_normal(shape, seed, dtype=z.dtype)
-        signs = tf.random.stateless_uniform(shape, seed, minval=0, maxval=2, dtype=tf.int32)
-        return tf.cast(2 * signs - 1, z.dtype)
+        if self._noise_generator is None:
+            if _in_xla_context():
+                raise ValueError(
+                    "trace='hutchinson' with seed=None draws its noise from TF's stateful RNG, which XLA "
+                    "(jit_compile=True) cannot compile reproducibly: pass an int seed (e.g. seed=0)."
+                )
+            return _noise(self._noise, tf.shape(z), z.dtype, None)
+        return _noise(self._noise, tf.shape(z), z.dtype, self._noise_generator.make_seeds(1)[:, 0])
 
-    def _solve_any_mode(self, z, t_start, t_end):
+    def _solve_any_mode(self, z, t_start, t_end, regularize=False):
+        # A `tfode.solver_tolerances` block is read here, not when the eager-mode
+        # function was traced: its values reach that function as tensor arguments.
+        tolerances = current_tolerances()
         if tf.executing_eagerly():
-            return self._solve_in_graph[(t_start, t_end)](z)
-        return self._solve(z, t_start, t_end)
+            if tolerances is not None:
+                tolerances = tuple(tf.cast(value, tf.float64) for value in tolerances)
+            return self._solve_in_graph[(t_start, t_end, regularize)](z, tolerances)
+        return self._solve(z, t_start, t_end, regularize, tolerances)
 
-    def _solve(self, z, t_start, t_end):
-        """One augmented solve; returns ``(z_end, log_det, regularization dict)``."""
+    def _solve(self, z, t_start, t_end, regularize, tolerances=None):
+        """One augmented solve; returns ``(z_end, log_det, regularization dict)``.
+
+        ``z``: ``[..., D]``; ``log_det`` and each regularizer ``[...]``;
+        ``tolerances``: ``None`` or ``(rtol, atol)`` replacing the bijector's.
+        """
+        _check_event("x" if t_start == self._t0 else "y", z, self._trace)
         noise = self._draw_noise(z)
-        dynamics = _augmented_dynamics(self._vector_field, self._trace, noise, self._regularize)
+        dynamics = _augmented_dynamics(self._vector_field, self._trace, noise, regularize, self.validate_args)
         zeros = tf.zeros(tf.shape(z)[:-1], z.dtype)
-        state = (z, zeros, zeros, zeros) if self._regularize else (z, zeros)
+        state = (z, zeros, zeros, zeros) if regularize else (z, zeros)
         times = tf.constant([t_start, t_end], dtype=tf.float64 if z.dtype == tf.float64 else tf.float32)
         solver = dict(self._solver_kwargs)
-        override = current_tolerances()
-        if override is not None:
-            solver["rtol"], solver["atol"] = override
-        solution = solve(dynamics, state, times, **solver)
+        if tolerances is not None:
+            solver["rtol"], solver["atol"] = tolerances
+        solution = solve(dynamics, state, times, backward_stats=self._backward_stats, **solver)
+        _record(self._solve_stats, solution.stats)
+        record_fn_evals(solution.stats.num_fn_evals)
         final = tf.nest.map_structure(lambda x: x[-1], solution.ys)
         regularization = {}
-        if self._regularize:
+        if regularize:
             # Integrated backwards the accumulators are negative; report magnitudes.
             sign = 1.0 if t_end > t_start else -1.0
             regularization = {"kinetic_energy": sign * final[2], "jacobian_frobenius": sign * final[3]}
         return final[0], final[1], regularization
 
     def _augmented_forward(self, x):
-        y, fldj, regularization = self._solve_any_mode(x, self._t0, self._t1)
-        return y, {"fldj": fldj, "ildj": -fldj, **regularization}
+        y, fldj, _ = self._solve_any_mode(x, self._t0, self._t1)
+        return y, {"fldj": fldj, "ildj": -fldj}
 
     def _augmented_inverse(self, y):
         # Integrating t1 -> t0 accumulates -∫ tr dt = log|det ∂x/∂y|.
-        x, ildj, regularization = self._solve_any_mode(y, self._t1, self._t0)
-        return x, {"ildj": ildj, "fldj": -ildj, **regularization}
+        x, ildj, _ = self._solve_any_mode(y, self._t1, self._t0)
+        return x, {"ildj": ildj, "fldj": -ildj}
 
     def _forward(self, x):
         return self._augmented_forward(x)[0]
@@ -224,19 +373,24 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             cached.update(self._augmented_inverse(y)[1])
         return cached["ildj"]
 
-    def inverse_and_regularization(self, y):
+    def inverse_and_regularization(self, y, name="inverse_and_regularization"):
         """``(x, ildj, {"kinetic_energy": [...], "jacobian_frobenius": [...]})`` in one solve.
 
-        Requires ``regularize=True``; each regularizer is per event ``[...]``.
-        """
-        if not self._regularize:
-            raise ValueError("construct the bijector with regularize=True to get RNODE terms.")
-        x, attrs = self._augmented_inverse(tf.convert_to_tensor(y))
-        return x, attrs["ildj"], {k: attrs[k] for k in ("kinetic_energy", "jacobian_frobenius")}
+        Solves the augmented state with the two RNODE channels (``t1 -> t0``);
+        each regularizer is per event ``[...]`` and positive (the integral over
+        the path, whichever the direction). Bypasses the bijector cache.
 
-    def forward_and_regularization(self, x):
-        """``(y, fldj, regularization dict)`` in one solve (see ``inverse_and_regularization``)."""
-        if not self._regularize:
-            raise ValueError("construct the bijector with regularize=True to get RNODE terms.")
-        y, attrs = self._augmented_forward(tf.convert_to_tensor(x))
-        return y, attrs["fldj"], {k: attrs[k] for k in ("kinetic_energy", "jacobian_frobenius")}
+        Args:
+            y: ``[..., D]`` points at ``t1``.
+        """
+        with tf.name_scope(name):
+            x, ildj, terms = self._solve_any_mode(tf.convert_to_tensor(y, dtype_hint=tf.float32), self._t1,
+                                                  self._t0, regularize=True)  # fmt: skip
+            return x, ildj, {k: terms[k] for k in _REGULARIZERS}
+
+    def forward_and_regularization(self, x, name="forward_and_regularization"):
+        """``(y, fldj, regularization dict)`` in one solve ``t0 -> t1`` (see ``inverse_and_regularization``)."""
+        with tf.name_scope(name):
+            y, fldj, terms = self._solve_any_mode(tf.convert_to_tensor(x, dtype_hint=tf.float32), self._t0,
+                                                  self._t1, regularize=True)  # fmt: skip
+            return y, fldj, {k: terms[k] for k in _REGULARIZERS}

@@ -52,16 +52,15 @@ def _checkerboard(rng, n):
 
 
 def _two_spirals(rng, n):
-    half = n // 2
+    # One arm of ceil(n / 2) points and its mirror image, cut to n rows (an odd n
+    # drops the mirror of the last point); an even n gives both arms n / 2 points.
+    half = (n + 1) // 2
     radius = np.sqrt(rng.uniform(size=half)) * 540 * (2 * np.pi) / 360
     d1x = -np.cos(radius) * radius + rng.uniform(size=half) * 0.5
     d1y = np.sin(radius) * radius + rng.uniform(size=half) * 0.5
     arm = np.stack([d1x, d1y], axis=1)
-    points = np.concatenate([arm, -arm]) / 3
-    points = points + rng.normal(size=points.shape) * 0.1
-    if n % 2:
-        points = np.concatenate([points, points[:1]])
-    return points
+    points = np.concatenate([arm, -arm])[:n] / 3
+    return points + rng.normal(size=points.shape) * 0.1
 
 
 def _pinwheel(rng, n):
@@ -105,7 +104,8 @@ def toy_2d(name, num_samples, seed=0):
         seed: int seed (same seed, same samples).
 
     Returns:
-        float32 array ``[num_samples, 2]``.
+        float32 array ``[num_samples, 2]``: exactly ``num_samples`` rows, distinct
+        points (each draws its own noise) for every ``num_samples >= 1``.
 
     Raises:
         ValueError: unknown name or non-positive ``num_samples``.

@@ -8,19 +8,41 @@ import tensorflow_probability as tfp
 
 from tfode._keras_utils import from_config_with_nested
 from tfode.bijectors import ContinuousFlowBijector
+from tfode.layers._metrics import VariableValue
 
 __all__ = ["ContinuousFlow"]
+
+
+class _Recorder:
+    """Where the bijector writes a solve's evaluation count (a float32 Keras weight)."""
+
+    def __init__(self, variable):
+        self.num_fn_evals = variable
 
 
 @keras.saving.register_keras_serializable(package="tfode")
 class ContinuousFlow(keras.Model):
     """Density model ``x = flow(z)``, ``z ~ N(0, I)``, trained by maximum likelihood.
 
-    ``call(x)`` returns ``log p(x)`` per sample ``[batch]``; during training it
-    adds the loss ``-mean log p(x) + kinetic_weight * mean KE + jacobian_weight * mean JF``
+    ``call(x)`` returns ``log p(x)`` per sample ``[batch]``. The objective, used
+    by ``fit`` (``training=True``) and reported by ``evaluate`` alike, is
+
+        loss = -mean log p(x) + kinetic_weight * mean KE + jacobian_weight * mean JF
+
     (RNODE, Finlay et al. 2020; the paper's code uses 0.01 for both), all from
-    ONE solve of the augmented system. Compile with an optimizer only:
+    ONE solve of the augmented system; its terms are added with ``add_loss``.
+    The RNODE channels ``KE = ∫||f||² dt`` and ``JF = ∫||∂f/∂z||_F² dt`` are
+    integrated only when a weight is nonzero and the loss is wanted (``fit``,
+    ``evaluate``, ``model(x, training=True)``): ``log_prob``, ``predict``,
+    ``sample`` and serving solve the smaller state ``(z, log-det)``.
+    Compile with an optimizer only:
     ``model.compile(keras.optimizers.Adam(1e-3)); model.fit(x, batch_size=512)``.
+
+    ``fit`` and ``evaluate`` log ``loss``, ``nll`` (``-mean log p``), with RNODE
+    the unweighted ``kinetic_energy`` and ``jacobian_frobenius`` (epoch means),
+    and the cost of the last solve, ``nfe_forward`` and ``nfe_backward`` (adjoint
+    backward solve of the last training step), as ``ODELayer`` does; the counts
+    live in the non-trainable weights ``num_fn_evals_forward``/``num_fn_evals_backward``.
 
     Args:
         vector_field: Keras layer ``f(t, z)`` (e.g. ``tfode.layers.TimeMLP``).
@@ -32,6 +54,7 @@ class ContinuousFlow(keras.Model):
         >>> model = tfode.models.ContinuousFlow(tfode.layers.TimeMLP((64, 64, 64)), dim=2,
         ...                                     kinetic_weight=0.01, jacobian_weight=0.01)
         >>> model.compile(keras.optimizers.Adam(1e-3)); model.fit(x, batch_size=512, epochs=10)
+        >>> model.evaluate(x_test, return_dict=True)  # {"loss", "nll", "kinetic_energy", ...}
         >>> model.sample(1000)
     """
 
@@ -65,11 +88,41 @@ class ContinuousFlow(keras.Model):
         self.jacobian_weight = float(jacobian_weight)
         self._flow_config = dict(trace=trace, noise=noise, method=method, rtol=rtol, atol=atol,
                                  adjoint=adjoint, seed=seed)  # fmt: skip
+        self._create_trackers()
         self.bijector = ContinuousFlowBijector(
-            vector_field, regularize=self.kinetic_weight > 0 or self.jacobian_weight > 0, **self._flow_config
+            vector_field,
+            solve_stats=_Recorder(self.num_fn_evals_forward),
+            backward_stats=_Recorder(self.num_fn_evals_backward),
+            **self._flow_config,
         )
         self.base = tfp.distributions.MultivariateNormalDiag(tf.zeros([dim]))
         self.distribution = tfp.distributions.TransformedDistribution(self.base, self.bijector)
+        self._loss_wanted = False  # set by test_step: evaluate computes the training objective
+
+    @property
+    def regularized(self):
+        """Whether the objective has RNODE terms (a nonzero weight)."""
+        return self.kinetic_weight > 0 or self.jacobian_weight > 0
+
+    def _create_trackers(self):
+        """NFE weights and the metrics ``nll`` (and RNODE terms), ``nfe_forward``, ``nfe_backward``."""
+        # Cost of the last forward/backward solve, reported as the mean over replicas
+        # under tf.distribute. Synchronized on read, like Keras' metric variables: an
+        # on-write update in replica context is a merge_call, which lets another replica's
+        # call run in between and mix the replicas' `add_loss` terms (Keras keeps them in
+        # one list per layer).
+        with keras.name_scope(self.name):
+            self.num_fn_evals_forward, self.num_fn_evals_backward = (
+                keras.Variable(0.0, shape=(), dtype="float32", trainable=False, name=name, aggregation="mean",
+                               synchronization="on_read")
+                for name in ("nfe_forward", "nfe_backward")
+            )  # fmt: skip
+        self.nll_tracker = keras.metrics.Mean(name="nll")
+        if self.regularized:
+            self.kinetic_tracker = keras.metrics.Mean(name="kinetic_energy")
+            self.jacobian_tracker = keras.metrics.Mean(name="jacobian_frobenius")
+        self.nfe_forward = VariableValue(self.num_fn_evals_forward, name="nfe_forward")
+        self.nfe_backward = VariableValue(self.num_fn_evals_backward, name="nfe_backward")
 
     def build(self, input_shape):
         if input_shape[-1] != self.dim:
@@ -77,19 +130,54 @@ class ContinuousFlow(keras.Model):
         self.vector_field(keras.KerasTensor((), dtype="float32"), keras.KerasTensor(tuple(input_shape)))
 
     def call(self, x, training=None):
-        """``log p(x)`` per sample, ``[batch]``."""
-        if self.bijector._regularize:
+        """``log p(x)`` per sample, ``[batch]``; adds the loss terms when training or evaluating."""
+        with_loss = bool(training) or self._loss_wanted
+        if with_loss and self.regularized:
             z, ildj, terms = self.bijector.inverse_and_regularization(x)
-            if training:
-                self.add_loss(self.kinetic_weight * tf.reduce_mean(terms["kinetic_energy"]))
-                self.add_loss(self.jacobian_weight * tf.reduce_mean(terms["jacobian_frobenius"]))
         else:
             z = self.bijector.inverse(x)
             ildj = self.bijector.inverse_log_det_jacobian(x, event_ndims=1)
+            terms = {}
         log_prob = self.base.log_prob(z) + ildj
-        if training:
-            self.add_loss(-tf.reduce_mean(log_prob))
+        if with_loss:
+            self._add_objective(log_prob, terms)
         return log_prob
+
+    def _add_objective(self, log_prob, terms):
+        """``add_loss`` the NLL and the weighted RNODE means; update the metrics.
+
+        Args:
+            log_prob: ``[batch]``.
+            terms: ``{}`` or ``{"kinetic_energy": [batch], "jacobian_frobenius": [batch]}``.
+        """
+        batch = tf.cast(tf.shape(log_prob)[0], log_prob.dtype)  # weights the epoch means like Keras' loss
+        nll = -tf.reduce_mean(log_prob)
+        self.add_loss(nll)
+        self.nll_tracker.update_state(nll, sample_weight=batch)
+        if not terms:
+            return
+        weighted = (
+            ("kinetic_energy", self.kinetic_weight, self.kinetic_tracker),
+            ("jacobian_frobenius", self.jacobian_weight, self.jacobian_tracker),
+        )
+        for key, weight, tracker in weighted:
+            mean = tf.reduce_mean(terms[key])
+            self.add_loss(weight * mean)
+            tracker.update_state(mean, sample_weight=batch)
+
+    def test_step(self, data):
+        """Keras' test step, with the training objective as its loss (``evaluate``, validation)."""
+        self._loss_wanted = True
+        try:
+            return super().test_step(data)
+        finally:
+            self._loss_wanted = False
+
+    def load_own_variables(self, store):
+        """Loads the NFE counters; a file saved before they existed has none (keep zeros)."""
+        if len(store.keys()) == 0:
+            return
+        super().load_own_variables(store)
 
     def log_prob(self, x):
         return self(x, training=False)
