@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["VariableValue"]
+__all__ = ["VariableValue", "replica_counter"]
 
 
 class VariableValue(keras.metrics.Metric):
@@ -32,3 +32,18 @@ class VariableValue(keras.metrics.Metric):
 
     def reset_state(self):
         """No-op: the last solve's cost stays meaningful across epochs."""
+
+
+def replica_counter(name):
+    """A scalar float32 counter (e.g. the NFE of the last solve) that replicas write independently.
+
+    Synchronized on read with ``aggregation="mean"``, like Keras' own metric
+    variables: under ``tf.distribute`` each replica assigns its own copy and a
+    read outside replica context (logs, metrics) gives the mean over replicas.
+    An on-write variable would not do: its assignment in replica context is a
+    ``merge_call`` that lets another replica's call run in between, and Keras
+    keeps ``add_loss`` terms in one list per layer, so the replicas' losses mix.
+    Create it inside the owning layer's ``__init__``/``build`` so it is tracked.
+    """
+    return keras.Variable(0.0, shape=(), dtype="float32", trainable=False, name=name, aggregation="mean",
+                          synchronization="on_read")  # fmt: skip

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfode._keras_utils import from_config_with_nested
 from tfode._overrides import current_tolerances, record_fn_evals
-from tfode.layers._metrics import VariableValue
+from tfode.layers._metrics import VariableValue, replica_counter
 from tfode.solvers import solve
 from tfode.tableaus import get_tableau
 
@@ -169,13 +169,9 @@ class ODELayer(keras.layers.Layer):
         self._atol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._initial_atol),
                                      trainable=False, name="atol", dtype="float32")  # fmt: skip
         # Cost of the last forward/backward solve; the metrics below report them.
-        # Written in replica context under tf.distribute: report the mean over replicas.
-        self.num_fn_evals_forward = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                    name="nfe_forward", dtype="float32",
-                                                    aggregation="mean")  # fmt: skip
-        self.num_fn_evals_backward = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                     name="nfe_backward", dtype="float32",
-                                                     aggregation="mean")  # fmt: skip
+        # Written per replica under tf.distribute, read as the mean over replicas.
+        self.num_fn_evals_forward = replica_counter("nfe_forward")
+        self.num_fn_evals_backward = replica_counter("nfe_backward")
         self.nfe_forward = VariableValue(self.num_fn_evals_forward, name="nfe_forward")
         self.nfe_backward = VariableValue(self.num_fn_evals_backward, name="nfe_backward")
 

@@ -8,7 +8,7 @@ import tensorflow_probability as tfp
 
 from tfode._keras_utils import from_config_with_nested
 from tfode.bijectors import ContinuousFlowBijector
-from tfode.layers._metrics import VariableValue
+from tfode.layers._metrics import VariableValue, replica_counter
 
 __all__ = ["ContinuousFlow"]
 
@@ -106,17 +106,10 @@ class ContinuousFlow(keras.Model):
 
     def _create_trackers(self):
         """NFE weights and the metrics ``nll`` (and RNODE terms), ``nfe_forward``, ``nfe_backward``."""
-        # Cost of the last forward/backward solve, reported as the mean over replicas
-        # under tf.distribute. Synchronized on read, like Keras' metric variables: an
-        # on-write update in replica context is a merge_call, which lets another replica's
-        # call run in between and mix the replicas' `add_loss` terms (Keras keeps them in
-        # one list per layer).
+        # Cost of the last forward/backward solve (mean over replicas under tf.distribute).
         with keras.name_scope(self.name):
-            self.num_fn_evals_forward, self.num_fn_evals_backward = (
-                keras.Variable(0.0, shape=(), dtype="float32", trainable=False, name=name, aggregation="mean",
-                               synchronization="on_read")
-                for name in ("nfe_forward", "nfe_backward")
-            )  # fmt: skip
+            self.num_fn_evals_forward = replica_counter("nfe_forward")
+            self.num_fn_evals_backward = replica_counter("nfe_backward")
         self.nll_tracker = keras.metrics.Mean(name="nll")
         if self.regularized:
             self.kinetic_tracker = keras.metrics.Mean(name="kinetic_energy")

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfode._overrides import current_tolerances
+from tfode.layers._metrics import replica_counter
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
 from tfode.models._irregular import solve_at_series_times, unpack_inputs
@@ -200,9 +201,7 @@ class LatentODE(keras.Model):
         self.log_rate = keras.layers.Dense(obs_dim) if self.poisson else None
         self.classifier = _mlp(self.classifier_hidden, num_classes) if num_classes else None
         self._posterior_noise = tf.random.Generator.from_seed(self.seed)
-        self.num_fn_evals_forward = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                    name="nfe_forward", dtype="float32",
-                                                    aggregation="mean")  # fmt: skip
+        self.num_fn_evals_forward = replica_counter("nfe_forward")
 
     def build(self, input_shape=None):
         self.encoder.build((None, None), (None, None, self.obs_dim), (None, None, self.obs_dim))
