@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tfode import _validation as v
+from tfode._complex import expand_tolerance, has_complex_leaves, solve_complex
 from tfode.adjoint import AdjointConfig, adjoint_integrate
 from tfode.controllers import PIController
 from tfode.integrate import StepOptions, integrate
@@ -188,8 +189,10 @@ def solve(
         func: ``func(t, y, *args) -> dy/dt``; ``t`` is a scalar tensor in
             ``y0``'s dtype, ``y`` has ``y0``'s structure (a tensor, tuple or
             dict of tensors).
-        y0: initial state, a floating tensor ``[...]`` or a nested structure of
-            tensors of one floating dtype.
+        y0: initial state, a floating or complex tensor ``[...]`` or a nested
+            structure of tensors of one dtype. Complex states are solved on
+            their real view (real and imaginary parts as a trailing axis of 2:
+            the error norm covers both); ``t`` stays real.
         t: ``[T]`` strictly increasing or strictly decreasing output times,
             ``T >= 1``; ``t[0]`` is the initial time. Float32 or float64.
         method: a name from ``tfode.method_names()`` (adaptive: dopri5, tsit5,
@@ -233,6 +236,14 @@ def solve(
         >>> sol.ys.shape, int(sol.stats.status)
         (TensorShape([5, 3]), 0)
     """
+    if has_complex_leaves(y0):
+        return solve_complex(
+            solve, func, y0, t, rtol, atol, method=method, options=options, args=args, adjoint=adjoint,
+            adjoint_method=adjoint_method, adjoint_rtol=expand_tolerance(adjoint_rtol, y0),
+            adjoint_atol=expand_tolerance(adjoint_atol, y0), adjoint_options=adjoint_options,
+            adjoint_norm=adjoint_norm, backward_stats=backward_stats, raise_on_failure=raise_on_failure,
+            name=name, _allow_repeated_times=_allow_repeated_times,
+        )  # fmt: skip
     with tf.name_scope(name or "solve"):
         problem = prepare(func, y0, t, method, rtol, atol, options, args, _allow_repeated_times)
         forward = (problem.tableau, problem.rtol, problem.atol, problem.controller, problem.step_options)
