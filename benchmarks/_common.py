@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,6 +68,20 @@ def load_workload(size, weights=DEFAULT_WEIGHTS):
     return {k: np.ascontiguousarray(d[f"{size}_{k}"]) for k in ("W1", "b1", "W2", "b2", "y0")}
 
 
+def jax_mlp_field(jnp):
+    """The W1/W2 vector field for JAX: ``field(t, y, (W1, b1, W2, b2)) = tanh(y @ W1.T + b1) @ W2.T + b2``.
+
+    Args:
+        jnp: ``jax.numpy`` (passed in so that this module never imports JAX itself).
+    """
+
+    def field(t, y, p):
+        W1, b1, W2, b2 = p
+        return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
+
+    return field
+
+
 def time_calls(fn, repeats, warmup=3):
     """Call ``fn()`` ``warmup`` times, then time ``repeats`` calls; list of ms."""
     for _ in range(warmup):
@@ -108,6 +123,29 @@ def time_interleaved(fns, repeats, warmup=3):
     return wall, cpu
 
 
+def first_call_ms(fn):
+    """Call ``fn()`` once (trace/compile included); ``(its result, wall ms)``."""
+    start = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def first_calls(calls, log_prefix=None):
+    """``first_call_ms`` of every callable in turn; dict name -> ms.
+
+    Args:
+        calls: dict name -> zero-argument callable.
+        log_prefix: when given, each time is logged to stderr as
+            ``<log_prefix> <name>: first call X.X s``.
+    """
+    out = {}
+    for name, call in calls.items():
+        out[name] = first_call_ms(call)[1]
+        if log_prefix is not None:
+            print(f"{log_prefix} {name}: first call {out[name] / 1e3:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def summary(times_ms):
     """``(median, min, max)`` of a list of ms."""
     import numpy as np
@@ -117,10 +155,12 @@ def summary(times_ms):
 
 
 def fmt_ms(x):
+    """Milliseconds for a table cell: 3 significant digits below 10, else one decimal."""
     return f"{x:.3g}" if x < 10 else f"{x:.1f}"
 
 
 def loadavg():
+    """``os.getloadavg()``, or three NaNs where the platform has none."""
     try:
         return os.getloadavg()
     except OSError:
@@ -179,3 +219,218 @@ def tfode_revision():
     if dirty:
         rev += " + uncommitted changes to " + ", ".join(dirty)
     return f"{rev} (tfode/*.py sha1 {digest.hexdigest()[:10]})"
+
+
+def default_peer_python():
+    """``PEER_PYTHON`` (the torch/JAX environment) if it exists, else this interpreter."""
+    return PEER_PYTHON if os.path.exists(PEER_PYTHON) else sys.executable
+
+
+# --------------------------------------------------------------------------- #
+# Command line and worker bookkeeping
+# --------------------------------------------------------------------------- #
+
+
+def add_worker_process_args(parser, keep_dir_help):
+    """Add the options shared by scripts with a float64 reference and torch/JAX peers (W2, W3).
+
+    ``--weights``, ``--tf-python``, ``--peer-python``, ``--json``, ``--no-pin``,
+    ``--keep-dir`` (help text ``keep_dir_help``), ``--from-dir`` and the hidden
+    ``--_worker`` / ``--_out`` that the parent passes to its workers.
+    """
+    import argparse
+
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    parser.add_argument("--tf-python", default=sys.executable)
+    parser.add_argument("--peer-python", default=default_peer_python())
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--keep-dir", default=None, help=keep_dir_help)
+    parser.add_argument("--from-dir", default=None, help="only print the report from outputs saved with --keep-dir")
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_out", default=None, help=argparse.SUPPRESS)
+
+
+def split_list(text, convert=str):
+    """``"a, b,,c"`` -> ``[convert("a"), convert("b"), convert("c")]`` (blank items dropped)."""
+    return [convert(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def group_by_worker(frameworks, worker_of):
+    """``{worker kind: [frameworks it runs]}`` in first-seen order.
+
+    Args:
+        frameworks: framework names, e.g. ``["tfode", "tfp", "diffrax"]``.
+        worker_of: dict framework -> worker kind, e.g. ``{"tfode": "tf", "diffrax": "jax"}``.
+    """
+    by_worker = {}
+    for fw in frameworks:
+        by_worker.setdefault(worker_of[fw], []).append(fw)
+    return by_worker
+
+
+def import_optional(frameworks, modules):
+    """Import the module of each requested framework, noting the ones that fail.
+
+    Args:
+        frameworks: the requested framework names.
+        modules: dict framework -> module name, e.g. ``{"tfp": "tensorflow_probability"}``;
+            frameworks not requested are not imported.
+    Returns:
+        ``(found, missing)``: dict framework -> module or ``None``, and dict
+        framework -> ``"not installed (<ImportError>)"``.
+    """
+    import importlib
+
+    found, missing = {}, {}
+    for fw, module in modules.items():
+        found[fw] = None
+        if fw not in frameworks:
+            continue
+        try:
+            found[fw] = importlib.import_module(module)
+        except ImportError as err:
+            missing[fw] = f"not installed ({err})"
+    return found, missing
+
+
+def impl_notes(frameworks, message, impls_of, joined=False):
+    """Report lines ``"<impl>: <message>"`` for every implementation of ``frameworks``.
+
+    Args:
+        frameworks: framework names whose implementations the message concerns.
+        message: e.g. a worker's ``"error"`` or ``"not installed (...)"``.
+        impls_of: dict framework -> list of implementation names.
+        joined: one line per framework, ``"<impl>, <impl>: <message>"``, instead of one per implementation.
+    """
+    if joined:
+        return [f"{', '.join(impls_of[fw])}: {message}" for fw in frameworks]
+    return [f"{impl}: {message}" for fw in frameworks for impl in impls_of[fw]]
+
+
+def versions(**modules):
+    """``{name: module.__version__ or "?"}`` of the imported modules (``None`` ones skipped)."""
+    return {name: getattr(mod, "__version__", "?") for name, mod in modules.items() if mod is not None}
+
+
+def read_json(path):
+    """The JSON value stored at ``path``."""
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_json(path, value, indent=None):
+    """Store ``value`` as JSON at ``path``."""
+    with open(path, "w") as fh:
+        json.dump(value, fh, indent=indent)
+
+
+# --------------------------------------------------------------------------- #
+# Gradients exchanged between workers and the parent
+# --------------------------------------------------------------------------- #
+
+
+def save_grads(path, grads):
+    """Store ``{key: [array, ...]}`` (row convention) as float64 in one ``.npz``."""
+    import numpy as np
+
+    flat = {f"{key}|{i}": np.asarray(g, dtype=np.float64) for key, gs in grads.items() for i, g in enumerate(gs)}
+    np.savez(path, **flat)
+
+
+def load_grads(path):
+    """The ``{key: [array, ...]}`` that ``save_grads`` stored at ``path``."""
+    import numpy as np
+
+    out = {}
+    with np.load(path) as d:
+        for k in d.files:
+            key, i = k.rsplit("|", 1)
+            out.setdefault(key, {})[int(i)] = d[k]
+    return {key: [v[i] for i in range(len(v))] for key, v in out.items()}
+
+
+def attach_grads(res, out_path):
+    """Add ``res["grads"]`` from ``out_path + ".npz"`` when the worker succeeded and saved some; returns ``res``."""
+    if "error" not in res and os.path.exists(out_path + ".npz"):
+        res["grads"] = load_grads(out_path + ".npz")
+    return res
+
+
+def load_saved_output(out_path):
+    """A worker's result saved at ``out_path`` (JSON, gradients attached), or ``{"error": ...}``."""
+    if not os.path.exists(out_path):
+        return {"error": "no saved output"}
+    return attach_grads(read_json(out_path), out_path)
+
+
+def run_or_load_workers(kinds, run_kind, from_dir=None, keep_dir=None):
+    """Each worker's result: run now, or re-read from a ``--keep-dir`` of an earlier run.
+
+    Args:
+        kinds: worker kinds, in the order to run them.
+        run_kind: ``run_kind(kind, workdir)`` runs one worker, writing its output
+            ``<workdir>/<kind>.json`` (and ``.json.npz``), and returns its result.
+        from_dir: when given, nothing runs: ``load_saved_output`` of each kind in it.
+        keep_dir: where the workers write (kept afterwards); a temporary folder if ``None``.
+    Returns:
+        dict kind -> result (``{"error": ...}`` for a worker that failed or left nothing).
+    """
+    raw = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        workdir = from_dir or keep_dir or tmpdir
+        os.makedirs(workdir, exist_ok=True)
+        for kind in kinds:
+            if from_dir:  # re-render saved worker outputs
+                raw[kind] = load_saved_output(os.path.join(workdir, f"{kind}.json"))
+            else:
+                raw[kind] = run_kind(kind, workdir)
+    return raw
+
+
+def rel_err(g, ref):
+    """``||g - ref|| / ||ref||`` over all arrays of ``g`` and ``ref`` flattened and concatenated."""
+    import numpy as np
+
+    g = np.concatenate([np.ravel(x) for x in g]).astype(np.float64)
+    r = np.concatenate([np.ravel(x) for x in ref]).astype(np.float64)
+    return float(np.linalg.norm(g - r) / np.linalg.norm(r))
+
+
+def jax_setup(x64):
+    """Import JAX (float64 enabled if ``x64``) and diffrax with ``THREAD_ENV``; ``(jax, jnp, diffrax)``."""
+    set_thread_env()
+    import jax
+
+    if x64:
+        jax.config.update("jax_enable_x64", True)
+    import diffrax
+    import jax.numpy as jnp
+
+    return jax, jnp, diffrax
+
+
+# --------------------------------------------------------------------------- #
+# Report footers
+# --------------------------------------------------------------------------- #
+
+
+def print_loadavg(start, end):
+    """Print the load averages (``loadavg()``) taken at the start and end of a run."""
+    la0, la1 = (tuple(round(x, 2) for x in la) for la in (start, end))
+    print(f"- load average (1/5/15 min) at start {la0}, end {la1} (machine: {os.cpu_count()} cores)")
+
+
+def print_revision(start, end):
+    """Print the ``tfode_revision()`` measured, with a warning if it changed during the run."""
+    print(f"- tfode: {start}")
+    if end != start:
+        print(f"- WARNING: tfode changed during the run; at the end: {end}")
+
+
+def print_notes_and_versions(notes, versions):
+    """Print each note as a list item, then the ``{package: version}`` line if any."""
+    for n in notes:
+        print(f"- {n}")
+    if versions:
+        print("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))

@@ -74,30 +74,16 @@ imported is reported as "not installed".
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-DEFAULT_WEIGHTS = os.environ.get("TFODE_BENCH_WEIGHTS", "/work/shared/bench/weights.npz")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
 F_LOOP_ITERS = 1000
 WARMUP = 3
-
-THREAD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "TF_NUM_INTRAOP_THREADS": "1",
-    "TF_NUM_INTEROP_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "JAX_PLATFORMS": "cpu",
-}
 
 # Which worker runs which framework; tfode and tfp share one TF process.
 WORKER_OF = {"tfode": "tf", "tfp": "tf", "torchdiffeq": "torch", "diffrax": "jax"}
@@ -109,7 +95,13 @@ IMPLS_OF = {
 }
 IMPL_ORDER = ["tfode-xla", "tfode-graph", "tfp-xla", "torchdiffeq", "diffrax"]
 # The f-loop whose per-evaluation time each implementation's overhead uses.
-F_KEY = {"tfode-xla": "tf-xla", "tfode-graph": "tf-xla", "tfp-xla": "tf-xla", "torchdiffeq": "torch-eager", "diffrax": "jax-jit"}
+F_KEY = {
+    "tfode-xla": "tf-xla",
+    "tfode-graph": "tf-xla",
+    "tfp-xla": "tf-xla",
+    "torchdiffeq": "torch-eager",
+    "diffrax": "jax-jit",
+}
 # The dispatch floor (trivial compiled call) of each implementation's framework.
 FLOOR_KEY = {"tfode-xla": "tf-xla", "tfp-xla": "tf-xla", "diffrax": "jax-jit"}
 
@@ -119,35 +111,10 @@ FLOOR_KEY = {"tfode-xla": "tf-xla", "tfp-xla": "tf-xla", "diffrax": "jax-jit"}
 # --------------------------------------------------------------------------- #
 
 
-def _set_thread_env():
-    for k, v in THREAD_ENV.items():
-        os.environ[k] = v
-
-
-def _load(weights, size):
-    import numpy as np
-
-    d = np.load(weights)
-    return {k: np.ascontiguousarray(d[f"{size}_{k}"]) for k in ("W1", "b1", "W2", "b2", "y0")}
-
-
 def _round_robin(calls, repeats, warmup=WARMUP):
-    """Warm up each callable, then time them in turn ``repeats`` times.
-
-    Returns ``{name: {"wall": [ms...], "cpu": [ms...]}}``.
-    """
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    out = {name: {"wall": [], "cpu": []} for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            c1, w1 = time.process_time(), time.perf_counter()
-            out[name]["wall"].append((w1 - w0) * 1e3)
-            out[name]["cpu"].append((c1 - c0) * 1e3)
-    return out
+    """``C.time_interleaved`` regrouped per callable: ``{name: {"wall": [ms...], "cpu": [ms...]}}``."""
+    wall, cpu = C.time_interleaved(calls, repeats, warmup)
+    return {name: {"wall": wall[name], "cpu": cpu[name]} for name in calls}
 
 
 def _per_eval(t, iters=F_LOOP_ITERS):
@@ -162,15 +129,10 @@ def _per_eval(t, iters=F_LOOP_ITERS):
 
 
 def _floor(t):
+    """Median CPU and wall ms of a trivial compiled call (the framework's dispatch floor)."""
     import numpy as np
 
     return {"cpu_ms": float(np.median(t["cpu"])), "wall_median_ms": float(np.median(t["wall"]))}
-
-
-def _first_call_ms(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
 
 
 # --------------------------------------------------------------------------- #
@@ -179,35 +141,18 @@ def _first_call_ms(fn):
 
 
 def worker_tf(args, frameworks):
-    _set_thread_env()
     try:
-        import tensorflow as tf
+        tf = C.pin_tensorflow()
     except ImportError as err:
         return {"error": f"not installed ({err})"}
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-    tfode = tfp = None
-    missing = {}
-    if "tfode" in frameworks:
-        try:
-            import tfode
-        except ImportError as err:
-            missing["tfode"] = f"not installed ({err})"
-    if "tfp" in frameworks:
-        try:
-            import tensorflow_probability as tfp
-        except ImportError as err:
-            missing["tfp"] = f"not installed ({err})"
+    found, missing = C.import_optional(frameworks, {"tfode": "tfode", "tfp": "tensorflow_probability"})
+    tfode, tfp = found["tfode"], found["tfp"]
 
     def field(y, W1T, b1, W2T, b2):
         return tf.matmul(tf.tanh(tf.matmul(y, W1T) + b1), W2T) + b2
 
-    results = {"versions": {"tensorflow": tf.__version__}, "missing": missing, "rows": [], "f_eval": {}, "floor": {}}
-    if tfode is not None:
-        results["versions"]["tfode"] = getattr(tfode, "__version__", "?")
-    if tfp is not None:
-        results["versions"]["tfp"] = tfp.__version__
+    versions = C.versions(tensorflow=tf, tfode=tfode, tfp=tfp)
+    results = {"versions": versions, "missing": missing, "rows": [], "f_eval": {}, "floor": {}}
 
     t_span = tf.constant([0.0, 1.0])
 
@@ -228,7 +173,7 @@ def worker_tf(args, frameworks):
         return loop
 
     for size in args.sizes:
-        data = _load(args.weights, size)
+        data = C.load_workload(size, args.weights)
         y0 = tf.constant(data["y0"])
         W1T = tf.transpose(tf.constant(data["W1"]))  # transposed once, outside every solve
         W2T = tf.transpose(tf.constant(data["W2"]))
@@ -241,8 +186,8 @@ def worker_tf(args, frameworks):
         f_loop_graph = tf.function(make_f_loop())
         ft = _round_robin(
             {
-                "tf-xla": lambda: f_loop_xla(y0, *params).numpy(),
-                "tf-graph": lambda: f_loop_graph(y0, *params).numpy(),
+                "tf-xla": lambda f=f_loop_xla, y0=y0, params=params: f(y0, *params).numpy(),
+                "tf-graph": lambda f=f_loop_graph, y0=y0, params=params: f(y0, *params).numpy(),
             },
             max(10, args.repeats // 2),
             warmup=1,
@@ -276,7 +221,7 @@ def worker_tf(args, frameworks):
             a = tf.constant(tol, tf.float32)
             for name, fn in tfode_fns.items():
 
-                def call(fn=fn):
+                def call(fn=fn, y0=y0, r=r, a=a, params=params):
                     y1, nfe, steps, rej, status = fn(y0, r, a, *params)
                     return y1.numpy(), {"nfe": nfe, "steps": steps, "rejected": rej, "status": status}
 
@@ -290,13 +235,13 @@ def worker_tf(args, frameworks):
                     d = res.diagnostics
                     return res.states[-1], d.num_ode_fn_evaluations, d.status
 
-                def call_tfp(fn=tfp_solve):
+                def call_tfp(fn=tfp_solve, y0=y0, params=params):
                     y1, nfe, status = fn(y0, *params)
                     return y1.numpy(), {"nfe": nfe, "status": status}
 
                 calls["tfp-xla"] = call_tfp
             for name, call in calls.items():
-                (y1, stats), first = _first_call_ms(call)
+                (y1, stats), first = C.first_call_ms(call)
                 info[name] = (y1, {k: int(v) for k, v in stats.items()}, first)
             timings = _round_robin(calls, args.repeats)
             for name in calls:
@@ -313,18 +258,12 @@ def worker_tf(args, frameworks):
 
 
 def worker_torch(args, frameworks):
-    _set_thread_env()
     try:
-        import torch
+        torch = C.pin_torch()
         import torchdiffeq
         from torchdiffeq import odeint
     except ImportError as err:
         return {"error": f"not installed ({err})"}
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
     class Field(torch.nn.Module):
         def __init__(self, d):
@@ -339,17 +278,17 @@ def worker_torch(args, frameworks):
             return torch.tanh(y @ self.W1.T + self.b1) @ self.W2.T + self.b2
 
     results = {
-        "versions": {"torch": torch.__version__, "torchdiffeq": getattr(torchdiffeq, "__version__", "?")},
+        "versions": C.versions(torch=torch, torchdiffeq=torchdiffeq),
         "rows": [],
         "f_eval": {},
     }
     t_span = torch.tensor([0.0, 1.0])
     for size in args.sizes:
-        data = _load(args.weights, size)
+        data = C.load_workload(size, args.weights)
         func = Field(data)
         y0 = torch.from_numpy(data["y0"])
 
-        def f_loop():
+        def f_loop(func=func, y0=y0):
             with torch.no_grad():
                 y = y0
                 for _ in range(F_LOOP_ITERS):
@@ -360,17 +299,16 @@ def worker_torch(args, frameworks):
         results["f_eval"][size] = {k: _per_eval(v) for k, v in ft.items()}
         for tol in args.tols:
 
-            def call(tol=tol):
+            def call(func=func, y0=y0, tol=tol):
                 with torch.no_grad():
                     return odeint(func, y0, t_span, method="dopri5", rtol=tol, atol=tol)[-1].numpy()
 
             func.nfe = 0
-            y1, first = _first_call_ms(call)
+            y1, first = C.first_call_ms(call)
             nfe = func.nfe
             timings = _round_robin({"torchdiffeq": call}, args.repeats)["torchdiffeq"]
-            results["rows"].append(
-                dict(size=size, tol=tol, impl="torchdiffeq", first_call_ms=first, y1=y1.tolist(), nfe=int(nfe), **timings)
-            )
+            row = dict(size=size, tol=tol, impl="torchdiffeq", first_call_ms=first, y1=y1.tolist(), nfe=int(nfe))
+            results["rows"].append(dict(row, **timings))
     return results
 
 
@@ -380,22 +318,16 @@ def worker_torch(args, frameworks):
 
 
 def worker_jax(args, frameworks):
-    _set_thread_env()
-    import numpy as np
-
     try:
-        import jax
-        import jax.numpy as jnp
-        import diffrax
+        jax, jnp, diffrax = C.jax_setup(False)
     except ImportError as err:
         return {"error": f"not installed ({err})"}
+    import numpy as np
 
-    def field(t, y, p):
-        W1, b1, W2, b2 = p
-        return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
+    field = C.jax_mlp_field(jnp)
 
     results = {
-        "versions": {"jax": jax.__version__, "diffrax": getattr(diffrax, "__version__", "?")},
+        "versions": C.versions(jax=jax, diffrax=diffrax),
         "rows": [],
         "f_eval": {},
         "floor": {},
@@ -437,7 +369,7 @@ def worker_jax(args, frameworks):
         return solve
 
     for size in args.sizes:
-        data = _load(args.weights, size)
+        data = C.load_workload(size, args.weights)
         p = tuple(jnp.asarray(data[k]) for k in ("W1", "b1", "W2", "b2"))
         y0 = jnp.asarray(data["y0"])
 
@@ -446,7 +378,9 @@ def worker_jax(args, frameworks):
             return jax.lax.fori_loop(0, F_LOOP_ITERS, lambda i, y: field(0.0, y, p), y)
 
         ft = _round_robin(
-            {"jax-jit": lambda: np.asarray(f_loop(y0, p).block_until_ready())}, max(10, args.repeats // 2), warmup=1
+            {"jax-jit": lambda y0=y0, p=p: np.asarray(f_loop(y0, p).block_until_ready())},
+            max(10, args.repeats // 2),
+            warmup=1,
         )
         results["f_eval"][size] = {k: _per_eval(v) for k, v in ft.items()}
         for tol in args.tols:
@@ -458,11 +392,11 @@ def worker_jax(args, frameworks):
 
             solve = make_solve(tol, field)
 
-            def call(solve=solve):
+            def call(solve=solve, y0=y0, p=p):
                 y1, steps, rej, res = solve(y0, p)
                 return np.asarray(y1.block_until_ready()), steps, rej, res
 
-            (y1, steps, rej, res), first = _first_call_ms(call)
+            (y1, steps, rej, res), first = C.first_call_ms(call)
             timings = _round_robin({"diffrax": call}, args.repeats)["diffrax"]
             results["rows"].append(
                 dict(
@@ -494,7 +428,7 @@ def reference(weights, size):
     import numpy as np
     from scipy.integrate import solve_ivp
 
-    d = {k: v.astype(np.float64) for k, v in _load(weights, size).items()}
+    d = {k: v.astype(np.float64) for k, v in C.load_workload(size, weights).items()}
     W1T, W2T, b1, b2 = d["W1"].T.copy(), d["W2"].T.copy(), d["b1"], d["b2"]
     shape = d["y0"].shape
 
@@ -508,10 +442,9 @@ def reference(weights, size):
 
 
 def run_worker(kind, args, frameworks, tmpdir):
+    """Run the ``kind`` worker for ``frameworks`` in a pinned subprocess; its result dict or ``{"error": ...}``."""
     out = os.path.join(tmpdir, f"{kind}.json")
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
+    argv = [
         "--_worker",
         kind,
         "--_out",
@@ -527,22 +460,8 @@ def run_worker(kind, args, frameworks, tmpdir):
         "--weights",
         args.weights,
     ]
-    if shutil.which("taskset") and not args.no_pin:
-        cmd = ["taskset", "-c", "0"] + cmd
-    env = dict(os.environ)
-    env.update(THREAD_ENV)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"[w1_forward] running {kind} worker: {' '.join(frameworks)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not os.path.exists(out):
-        tail = proc.stderr.strip().splitlines()[-5:]
-        return {"error": f"worker failed (rc={proc.returncode}): " + " | ".join(tail)}
-    with open(out) as fh:
-        return json.load(fh)
-
-
-def _fmt_ms(x):
-    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+    return C.run_json_worker(__file__, argv, out, pin=not args.no_pin, log_prefix=f"w1_forward/{kind}")
 
 
 def main(argv=None):
@@ -552,15 +471,15 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--frameworks", default="tfode,tfp,torchdiffeq,diffrax")
     p.add_argument("--quick", action="store_true", help="5 timed runs instead of --repeats")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    p.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
     p.add_argument("--json", default=None, help="also write all raw results here")
     p.add_argument("--no-pin", action="store_true", help="do not run workers under taskset -c 0")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    args.tols = [float(t) for t in args.tols.split(",") if t.strip()]
-    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    args.sizes = C.split_list(args.sizes)
+    args.tols = C.split_list(args.tols, float)
+    frameworks = C.split_list(args.frameworks)
     unknown = set(frameworks) - set(WORKER_OF)
     if unknown:
         p.error(f"unknown frameworks {sorted(unknown)}; choose from {sorted(WORKER_OF)}")
@@ -568,9 +487,7 @@ def main(argv=None):
         args.repeats = min(args.repeats, 5)
 
     if args._worker:
-        res = WORKERS[args._worker](args, frameworks)
-        with open(args._out, "w") as fh:
-            json.dump(res, fh)
+        C.write_json(args._out, WORKERS[args._worker](args, frameworks))
         return 0
 
     import numpy as np
@@ -586,9 +503,7 @@ def main(argv=None):
             flush=True,
         )
 
-    by_worker = {}
-    for fw in frameworks:
-        by_worker.setdefault(WORKER_OF[fw], []).append(fw)
+    by_worker = C.group_by_worker(frameworks, WORKER_OF)
     raw = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         for kind, fws in by_worker.items():
@@ -598,12 +513,11 @@ def main(argv=None):
     rows, notes, versions, f_eval, floors = {}, [], {}, {}, {}
     for kind, res in raw.items():
         if "error" in res:
-            for fw in by_worker[kind]:
-                notes.extend(f"{impl}: {res['error']}" for impl in IMPLS_OF[fw])
+            notes.extend(C.impl_notes(by_worker[kind], res["error"], IMPLS_OF))
             continue
         versions.update(res.get("versions", {}))
         for fw, msg in res.get("missing", {}).items():
-            notes.extend(f"{impl}: {msg}" for impl in IMPLS_OF[fw])
+            notes.extend(C.impl_notes([fw], msg, IMPLS_OF))
         for size, d in res.get("f_eval", {}).items():
             f_eval.setdefault(size, {}).update(d)
         floors.update(res.get("floor", {}))
@@ -621,14 +535,15 @@ def main(argv=None):
             row["overhead"] = row["cpu_median_ms"] / (row["nfe"] * fe["cpu_us"] * 1e-3)
             row["overhead_wall_min"] = row["wall_min_ms"] / (row["nfe"] * fe["wall_min_us"] * 1e-3)
             rows[(row["size"], row["tol"], row["impl"])] = row
-    for (size, tol, impl), r in rows.items():
+    for (size, tol, _impl), r in rows.items():
         tp = rows.get((size, tol, "tfp-xla"))
         r["vs_tfp"] = r["cpu_median_ms"] / tp["cpu_median_ms"] if tp else None
         r["vs_tfp_wall_median"] = r["wall_median_ms"] / tp["wall_median_ms"] if tp else None
 
     # Table.
     lines = [
-        "| size | tol | impl | wall median ms | wall min–max | CPU ms | NFE | steps | max abs err | vs TFP-XLA | overhead |",
+        "| size | tol | impl | wall median ms | wall min–max | CPU ms | NFE | steps | max abs err | vs TFP-XLA "
+        "| overhead |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in args.sizes:
@@ -641,8 +556,8 @@ def main(argv=None):
                 nfe = str(r["nfe"]) + ("" if r.get("status", 0) == 0 else f" (status {r['status']})")
                 steps = str(r["steps"]) if "steps" in r else "–"
                 lines.append(
-                    f"| {size} | {tol:g} | {impl} | {_fmt_ms(r['wall_median_ms'])} | "
-                    f"{_fmt_ms(r['wall_min_ms'])}–{_fmt_ms(r['wall_max_ms'])} | {_fmt_ms(r['cpu_median_ms'])} | "
+                    f"| {size} | {tol:g} | {impl} | {C.fmt_ms(r['wall_median_ms'])} | "
+                    f"{C.fmt_ms(r['wall_min_ms'])}–{C.fmt_ms(r['wall_max_ms'])} | {C.fmt_ms(r['cpu_median_ms'])} | "
                     f"{nfe} | {steps} | {r['max_err']:.2e} | {ratio} | {r['overhead']:.2f} |"
                 )
     print("\n".join(lines))
@@ -665,9 +580,8 @@ def main(argv=None):
             td = rows.get((size, tol, "torchdiffeq"))
             if td:
                 ok = r["nfe"] <= td["nfe"] and r["max_err"] <= 2 * td["max_err"]
-                items.append(
-                    f"NFE {r['nfe']} vs {td['nfe']} (err x{r['max_err'] / td['max_err']:.2f}) {'met' if ok else 'MISSED'}"
-                )
+                err_ratio = r["max_err"] / td["max_err"]
+                items.append(f"NFE {r['nfe']} vs {td['nfe']} (err x{err_ratio:.2f}) {'met' if ok else 'MISSED'}")
             items.append(f"overhead {r['overhead']:.2f} {'met' if r['overhead'] <= 1.3 else 'MISSED'}")
             if r["vs_tfp"] is not None:
                 lim = 0.5 if size == "d2" else 0.75
@@ -687,12 +601,18 @@ def main(argv=None):
         print("One evaluation of f, compiled loop of 1000 (us per evaluation: CPU median / wall min):")
         for size in args.sizes:
             d = f_eval.get(size, {})
-            print(f"- {size}: " + ", ".join(f"{k} {v['cpu_us']:.1f} / {v['wall_min_us']:.1f}" for k, v in sorted(d.items())))
+            per_eval = (f"{k} {v['cpu_us']:.1f} / {v['wall_min_us']:.1f}" for k, v in sorted(d.items()))
+            print(f"- {size}: " + ", ".join(per_eval))
         for k, v in sorted(floors.items()):
             print(f"- dispatch floor, trivial {k} call returning a [256, 2] array: {v['cpu_ms'] * 1e3:.0f} us CPU")
         print()
         diag = []
-        for (size, tol, impl), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], IMPL_ORDER.index(kv[0][2]))):
+
+        def row_order(kv):
+            size, tol, impl = kv[0]
+            return size, tol, IMPL_ORDER.index(impl)
+
+        for (size, tol, impl), r in sorted(rows.items(), key=row_order):
             if impl not in FLOOR_KEY:
                 continue
             # TFP reports no step count; its NFE is 6 per attempted step (fixed first step, no extra evaluations).
@@ -700,23 +620,20 @@ def main(argv=None):
             fe = f_eval[size][F_KEY[impl]]["cpu_us"] * 1e-3
             rest = r["cpu_median_ms"] - floors[FLOOR_KEY[impl]]["cpu_ms"] - r["nfe"] * fe
             diag.append(
-                f"{size} {tol:g} {impl}: NFE*t_f {r['nfe'] * fe:.2f} ms, rest {rest:.2f} ms = {rest / steps * 1e3:.0f} us/step"
+                f"{size} {tol:g} {impl}: NFE*t_f {r['nfe'] * fe:.2f} ms, "
+                f"rest {rest:.2f} ms = {rest / steps * 1e3:.0f} us/step"
             )
         if diag:
             print("CPU time not spent in f (median - dispatch floor - NFE * t_f), per attempted step:")
             print("\n".join(f"- {d}" for d in diag))
             print()
-    for n in notes:
-        print(f"- {n}")
-    if versions:
-        print("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    C.print_notes_and_versions(notes, versions)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {"rows": list(rows.values()), "f_eval": f_eval, "floors": floors, "notes": notes, "versions": versions},
-                fh,
-                indent=1,
-            )
+        C.write_json(
+            args.json,
+            {"rows": list(rows.values()), "f_eval": f_eval, "floors": floors, "notes": notes, "versions": versions},
+            indent=1,
+        )
     return 0
 
 

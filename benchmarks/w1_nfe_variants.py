@@ -27,11 +27,22 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common as C  # noqa: E402
 import w1_forward as wf  # noqa: E402
 
 
+def _field(tf, d):
+    """The W1 vector field ``f(t, y)`` for the workload arrays ``d`` (weights transposed once)."""
+    W1T, W2T = tf.constant(d["W1"].T.copy()), tf.constant(d["W2"].T.copy())
+
+    def f(t, y):
+        return tf.matmul(tf.tanh(tf.matmul(y, W1T) + d["b1"]), W2T) + d["b2"]
+
+    return f
+
+
 def main():
-    wf._set_thread_env()
+    C.set_thread_env()
     import numpy as np
     import tensorflow as tf
 
@@ -54,18 +65,15 @@ def main():
     print("|---|---|" + "---:|" * len(variants))
     try:
         for size in ("d2", "d32"):
-            ref = wf.reference(wf.DEFAULT_WEIGHTS, size)[0]
-            d = wf._load(wf.DEFAULT_WEIGHTS, size)
-            W1T, W2T = tf.constant(d["W1"].T.copy()), tf.constant(d["W2"].T.copy())
-
-            def f(t, y):
-                return tf.matmul(tf.tanh(tf.matmul(y, W1T) + d["b1"]), W2T) + d["b2"]
-
+            ref = wf.reference(C.DEFAULT_WEIGHTS, size)[0]
+            d = C.load_workload(size, C.DEFAULT_WEIGHTS)
+            f = _field(tf, d)
+            y0, t_span = tf.constant(d["y0"]), tf.constant([0.0, 1.0])
             for tol in (1e-3, 1e-5, 1e-7):
                 cells = []
                 for _, tableau, kw in variants:
                     solvers.PIController = functools.partial(PIController, **kw)
-                    sol = tfode.solve(f, tf.constant(d["y0"]), tf.constant([0.0, 1.0]), method=tableau, rtol=tol, atol=tol)
+                    sol = tfode.solve(f, y0, t_span, method=tableau, rtol=tol, atol=tol)
                     err = np.abs(sol.ys[-1].numpy() - ref).max()
                     cells.append(f"{int(sol.stats.num_fn_evals)} ({err:.1e})")
                 print(f"| {size} | {tol:g} | " + " | ".join(cells) + " |")

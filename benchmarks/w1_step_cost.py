@@ -21,28 +21,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 import w1_forward as wf  # noqa: E402
 
 TOLS = [3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7]
 
 
 def _tf(args):
-    wf._set_thread_env()
+    tf = C.pin_tensorflow()
     import numpy as np
-    import tensorflow as tf
     import tensorflow_probability as tfp
 
     import tfode
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    d = wf._load(args.weights, args.size)
+    d = C.load_workload(args.size, args.weights)
     y0 = tf.constant(d["y0"])
-    p = (tf.transpose(tf.constant(d["W1"])), tf.constant(d["b1"]), tf.transpose(tf.constant(d["W2"])), tf.constant(d["b2"]))
+    p = (
+        tf.transpose(tf.constant(d["W1"])),
+        tf.constant(d["b1"]),
+        tf.transpose(tf.constant(d["W2"])),
+        tf.constant(d["b2"]),
+    )
 
     def field(y, W1T, b1, W2T, b2):
         return tf.matmul(tf.tanh(tf.matmul(y, W1T) + b1), W2T) + b2
@@ -62,24 +64,24 @@ def _tf(args):
     for tol in TOLS:
         r = tf.constant(tol)
         solver = tfp.math.ode.DormandPrince(rtol=tol, atol=tol)
-        tfp_solve = tf.function(
-            lambda y0, *p, solver=solver: (
-                lambda res: (res.states[-1], res.diagnostics.num_ode_fn_evaluations)
-            )(solver.solve(lambda t, y: field(y, *p), 0.0, y0, solution_times=[1.0])),
-            jit_compile=True,
-        )
+
+        @tf.function(jit_compile=True)
+        def tfp_solve(y0, *p, solver=solver):
+            res = solver.solve(lambda t, y: field(y, *p), 0.0, y0, solution_times=[1.0])
+            return res.states[-1], res.diagnostics.num_ode_fn_evaluations
+
         _, steps, nfe = tfode_solve(y0, r, r, *p)
         _, tnfe = tfp_solve(y0, *p)
         t = wf._round_robin(
-            {"tfode-xla": lambda: tfode_solve(y0, r, r, *p)[0].numpy(), "tfp-xla": lambda: tfp_solve(y0, *p)[0].numpy()},
+            {
+                "tfode-xla": lambda r=r: tfode_solve(y0, r, r, *p)[0].numpy(),
+                "tfp-xla": lambda tfp_solve=tfp_solve: tfp_solve(y0, *p)[0].numpy(),
+            },
             args.repeats,
         )
-        out["points"].append(
-            {"tol": tol, "impl": "tfode-xla", "steps": int(steps), "nfe": int(nfe), "cpu": float(np.median(t["tfode-xla"]["cpu"]))}
-        )
-        out["points"].append(
-            {"tol": tol, "impl": "tfp-xla", "steps": int(tnfe) / 6, "nfe": int(tnfe), "cpu": float(np.median(t["tfp-xla"]["cpu"]))}
-        )
+        tfode_cpu, tfp_cpu = float(np.median(t["tfode-xla"]["cpu"])), float(np.median(t["tfp-xla"]["cpu"]))
+        out["points"].append({"tol": tol, "impl": "tfode-xla", "steps": int(steps), "nfe": int(nfe), "cpu": tfode_cpu})
+        out["points"].append({"tol": tol, "impl": "tfp-xla", "steps": int(tnfe) / 6, "nfe": int(tnfe), "cpu": tfp_cpu})
     # The same solve at 1e-5, K times inside one XLA call (y0 nudged per pass so
     # nothing is hoisted): its CPU time / K is the in-program cost of one solve,
     # without the per-call dispatch.
@@ -92,7 +94,9 @@ def _tf(args):
 
     def repeat(solve):
         def many(y, *extra):
-            body = lambda i, acc: (i + 1, acc + solve(y + 1e-6 * tf.cast(i, tf.float32), *extra))
+            def body(i, acc):
+                return i + 1, acc + solve(y + 1e-6 * tf.cast(i, tf.float32), *extra)
+
             return tf.while_loop(lambda i, acc: i < K, body, (0, tf.zeros_like(y)))[1]
 
         return tf.function(many, jit_compile=True)
@@ -115,24 +119,24 @@ def _tf(args):
 
 
 def _jax(args):
-    wf._set_thread_env()
-    import diffrax
-    import jax
-    import jax.numpy as jnp
+    jax, jnp, diffrax = C.jax_setup(False)
     import numpy as np
 
-    d = wf._load(args.weights, args.size)
+    d = C.load_workload(args.size, args.weights)
     y0 = jnp.asarray(d["y0"])
     p = tuple(jnp.asarray(d[k]) for k in ("W1", "b1", "W2", "b2"))
 
-    def field(t, y, p):
-        W1, b1, W2, b2 = p
-        return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
+    field = C.jax_mlp_field(jnp)
 
     f_loop = jax.jit(lambda y, p: jax.lax.fori_loop(0, wf.F_LOOP_ITERS, lambda i, y: field(0.0, y, p), y))
     noop = jax.jit(lambda y: y + 1.0)
     t = wf._round_robin(
-        {"f": lambda: np.asarray(f_loop(y0, p).block_until_ready()), "noop": lambda: np.asarray(noop(y0).block_until_ready())}, 10, 1
+        {
+            "f": lambda: np.asarray(f_loop(y0, p).block_until_ready()),
+            "noop": lambda: np.asarray(noop(y0).block_until_ready()),
+        },
+        10,
+        1,
     )
     out = {"t_f_us": wf._per_eval(t["f"])["cpu_us"], "floor_ms": float(np.median(t["noop"]["cpu"])), "points": []}
     for tol in TOLS:
@@ -140,16 +144,25 @@ def _jax(args):
         @jax.jit
         def solve(y0, p, tol=tol):
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(field), diffrax.Dopri5(), 0.0, 1.0, None, y0, args=p,
-                stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol), saveat=diffrax.SaveAt(t1=True),
+                diffrax.ODETerm(field),
+                diffrax.Dopri5(),
+                0.0,
+                1.0,
+                None,
+                y0,
+                args=p,
+                stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
+                saveat=diffrax.SaveAt(t1=True),
             )
             return sol.ys[-1], sol.stats["num_steps"]
 
         _, steps = solve(y0, p)
-        t = wf._round_robin({"diffrax": lambda: np.asarray(solve(y0, p)[0].block_until_ready())}, args.repeats)
-        out["points"].append(
-            {"tol": tol, "impl": "diffrax", "steps": int(steps), "nfe": 6 * int(steps) + 1, "cpu": float(np.median(t["diffrax"]["cpu"]))}
+        t = wf._round_robin(
+            {"diffrax": lambda solve=solve: np.asarray(solve(y0, p)[0].block_until_ready())}, args.repeats
         )
+        cpu = float(np.median(t["diffrax"]["cpu"]))
+        nfe = 6 * int(steps) + 1
+        out["points"].append({"tol": tol, "impl": "diffrax", "steps": int(steps), "nfe": nfe, "cpu": cpu})
     return out
 
 
@@ -157,7 +170,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="d2")
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--weights", default=wf.DEFAULT_WEIGHTS)
+    ap.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
     ap.add_argument("--_worker", default=None)
     args = ap.parse_args()
     if args._worker:
@@ -165,19 +178,17 @@ def main():
         return
     import numpy as np
 
-    env = dict(os.environ, **wf.THREAD_ENV)
-    env["PYTHONPATH"] = wf.REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"W1 {args.size}: CPU ms = fixed + per_step * steps (least squares over {len(TOLS)} tolerances)")
     print("| impl | t_f us | dispatch floor us | fixed ms | per step us | 6 t_f us | non-f per step us | steps range |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     details, amortised = [], None
     for kind in ("tf", "jax"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", kind, "--size", args.size, "--repeats", str(args.repeats), "--weights", args.weights]
-        proc = subprocess.run(["taskset", "-c", "0"] + cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            print(f"| {kind} worker failed: {proc.stderr.strip().splitlines()[-1]} |")
+        argv = ["--_worker", kind, "--size", args.size, "--repeats", str(args.repeats), "--weights", args.weights]
+        rc, stdout, stderr = C.run_pinned(__file__, argv, log_prefix=f"w1_step_cost/{kind}")
+        if rc:
+            print(f"| {kind} worker failed: {stderr.strip().splitlines()[-1]} |")
             continue
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res = json.loads(stdout.strip().splitlines()[-1])
         for impl in sorted({q["impl"] for q in res["points"]}):
             pts = [q for q in res["points"] if q["impl"] == impl]
             x = np.array([q["steps"] for q in pts], float)
@@ -188,7 +199,8 @@ def main():
                 f"| {impl} | {res['t_f_us']:.1f} | {res['floor_ms'] * 1e3:.0f} | {fixed:.2f} | {per_step * 1e3:.0f} | "
                 f"{tf6:.0f} | {per_step * 1e3 - tf6:.0f} | {x.min():.0f}–{x.max():.0f} |"
             )
-            details.append(f"- {impl}: " + ", ".join(f"{q['tol']:.0e} {q['steps']:.0f} steps {q['cpu']:.2f} ms" for q in pts))
+            points = (f"{q['tol']:.0e} {q['steps']:.0f} steps {q['cpu']:.2f} ms" for q in pts)
+            details.append(f"- {impl}: " + ", ".join(points))
         if "amortised" in res:
             amortised = res["amortised"]
     print()

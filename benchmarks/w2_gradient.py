@@ -73,10 +73,8 @@ from __future__ import annotations
 # Closures defined in the per-size loops are called within the same iteration.
 # ruff: noqa: B023
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -92,25 +90,6 @@ IMPLS_OF = {
 }
 IMPL_ORDER = [i for fw in ("tfode", "tfp", "torchdiffeq", "diffrax") for i in IMPLS_OF[fw]]
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
-
-
-def _save_grads(path, grads):
-    """grads: dict key -> list of 4 arrays (row convention)."""
-    import numpy as np
-
-    flat = {f"{key}|{i}": np.asarray(g, dtype=np.float64) for key, gs in grads.items() for i, g in enumerate(gs)}
-    np.savez(path, **flat)
-
-
-def _load_grads(path):
-    import numpy as np
-
-    out = {}
-    with np.load(path) as d:
-        for k in d.files:
-            key, i = k.rsplit("|", 1)
-            out.setdefault(key, {})[int(i)] = d[k]
-    return {key: [v[i] for i in range(len(v))] for key, v in out.items()}
 
 
 # --------------------------------------------------------------------------- #
@@ -158,7 +137,7 @@ def worker_ref(args, frameworks):
             results["rows"][f"{size}/tfode64-{name}"] = {
                 "loss": float(loss), "nfe": int(nfe), "seconds": time.perf_counter() - t0
             }  # fmt: skip
-    _save_grads(args._out + ".npz", grads)
+    C.save_grads(args._out + ".npz", grads)
     return results
 
 
@@ -169,24 +148,10 @@ def worker_ref(args, frameworks):
 
 def worker_tf(args, frameworks):
     tf = C.pin_tensorflow()
-
-    tfode = tfp = None
-    missing = {}
-    if "tfode" in frameworks:
-        try:
-            import tfode
-        except ImportError as err:
-            missing["tfode"] = f"not installed ({err})"
-    if "tfp" in frameworks:
-        try:
-            import tensorflow_probability as tfp
-        except ImportError as err:
-            missing["tfp"] = f"not installed ({err})"
-    results = {"versions": {"tensorflow": tf.__version__}, "missing": missing, "rows": [], "diag": {}}
-    if tfode is not None:
-        results["versions"]["tfode"] = getattr(tfode, "__version__", "?")
-    if tfp is not None:
-        results["versions"]["tfp"] = tfp.__version__
+    found, missing = C.import_optional(frameworks, {"tfode": "tfode", "tfp": "tensorflow_probability"})
+    tfode, tfp = found["tfode"], found["tfp"]
+    versions = C.versions(tensorflow=tf, tfode=tfode, tfp=tfp)
+    results = {"versions": versions, "missing": missing, "rows": [], "diag": {}}
     grads_out = {}
     tol = args.tol
     t_span = tf.constant([0.0, 1.0])
@@ -296,7 +261,7 @@ def worker_tf(args, frameworks):
 
             fwd_fns["tfp"] = tfp_fwd
 
-        last, first_ms = {}, {}
+        last = {}
 
         def grad_call(name):
             def call():
@@ -313,11 +278,7 @@ def worker_tf(args, frameworks):
         calls.update({f"fwd:{name}": fwd_call(name) for name in fwd_fns})
         calls["cost:f"] = lambda: f_loop(y0).numpy()
         calls["cost:aug"] = lambda: aug_loop(y0, a0)[1].numpy()
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            first_ms[name] = (time.perf_counter() - t0) * 1e3
-            print(f"[w2/tf] {size} {name}: first call {first_ms[name] / 1e3:.1f} s", file=sys.stderr, flush=True)
+        first_ms = C.first_calls(calls, log_prefix=f"[w2/tf] {size}")
         times, cpu = C.time_interleaved(calls, args.repeats)
         t_f = C.summary(cpu["cost:f"])[0] * 1e3 / F_LOOP_ITERS  # us CPU
         t_aug = C.summary(cpu["cost:aug"])[0] * 1e3 / F_LOOP_ITERS
@@ -366,7 +327,7 @@ def worker_tf(args, frameworks):
                 row["fwd_only_ms"] = C.summary(cpu[f"fwd:{fw}"])[0]
             results["rows"].append(row)
             grads_out[f"{size}/{name}"] = [g[0].T, g[1], g[2].T, g[3]]
-    _save_grads(args._out + ".npz", grads_out)
+    C.save_grads(args._out + ".npz", grads_out)
     return results
 
 
@@ -395,7 +356,7 @@ def worker_torch(args, frameworks):
             return torch.tanh(y @ self.W1.T + self.b1) @ self.W2.T + self.b2
 
     results = {
-        "versions": {"torch": torch.__version__, "torchdiffeq": getattr(torchdiffeq, "__version__", "?")},
+        "versions": C.versions(torch=torch, torchdiffeq=torchdiffeq),
         "rows": [],
     }
     grads_out = {}
@@ -424,11 +385,7 @@ def worker_torch(args, frameworks):
             return call
 
         calls = {name: make(name, opts) for name, opts in variants.items()}
-        first = {}
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            first[name] = (time.perf_counter() - t0) * 1e3
+        first = C.first_calls(calls)
         times, cpu = C.time_interleaved(calls, args.repeats)
         for name in calls:
             loss, g = last[name]
@@ -437,25 +394,13 @@ def worker_torch(args, frameworks):
                 "first_call_ms": first[name], "loss": loss, "fwd_nfe": counts[name][0], "bwd_nfe": counts[name][1],
             })  # fmt: skip
             grads_out[f"{size}/{name}"] = g
-    _save_grads(args._out + ".npz", grads_out)
+    C.save_grads(args._out + ".npz", grads_out)
     return results
 
 
 # --------------------------------------------------------------------------- #
 # JAX: diffrax (float32 timing, or the float64 cross-check reference)
 # --------------------------------------------------------------------------- #
-
-
-def _jax_setup(x64):
-    C.set_thread_env()
-    import jax
-
-    if x64:
-        jax.config.update("jax_enable_x64", True)
-    import diffrax
-    import jax.numpy as jnp
-
-    return jax, jnp, diffrax
 
 
 def _diffrax_loss(jnp, diffrax, vf, adjoint, rtol, atol, dtype=None, max_steps=4096, pid_kwargs=None):
@@ -474,14 +419,12 @@ def _diffrax_loss(jnp, diffrax, vf, adjoint, rtol, atol, dtype=None, max_steps=4
 
 def worker_jax(args, frameworks):
     try:
-        jax, jnp, diffrax = _jax_setup(False)
+        jax, jnp, diffrax = C.jax_setup(False)
     except ImportError as err:
         return {"error": f"not installed ({err})"}
     import numpy as np
 
-    def field(t, y, p):
-        W1, b1, W2, b2 = p
-        return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
+    field = C.jax_mlp_field(jnp)
 
     counter = [0]
 
@@ -500,7 +443,7 @@ def worker_jax(args, frameworks):
         ),
         "diffrax-checkpoint": lambda: diffrax.RecursiveCheckpointAdjoint(),
     }
-    results = {"versions": {"jax": jax.__version__, "diffrax": getattr(diffrax, "__version__", "?")}, "rows": []}
+    results = {"versions": C.versions(jax=jax, diffrax=diffrax), "rows": []}
     grads_out = {}
     for size in args.sizes:
         data = C.load_workload(size, args.weights)
@@ -532,7 +475,7 @@ def worker_jax(args, frameworks):
         jax.effects_barrier()
         fwd_nfe = counter[0]
 
-        fns, counts, first, last = {}, {}, {}, {}
+        fns, counts, last = {}, {}, {}
         for name, make_adj in adjoints.items():
             counted = jax.jit(jax.value_and_grad(_diffrax_loss(jnp, diffrax, counted_field, make_adj(), tol, tol)))
             counter[0] = 0
@@ -553,10 +496,7 @@ def worker_jax(args, frameworks):
         calls["fwd:diffrax"] = lambda: float(fwd_only(p, y0))
         calls["cost:f"] = lambda: np.asarray(f_loop(y0, p))
         calls["cost:aug"] = lambda: np.asarray(aug_loop(y0, a0, p)[1])
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            first[name] = (time.perf_counter() - t0) * 1e3
+        first = C.first_calls(calls)
         times, cpu = C.time_interleaved(calls, args.repeats)
         t_f = C.summary(cpu["cost:f"])[0] * 1e3 / F_LOOP_ITERS  # us CPU
         t_aug = C.summary(cpu["cost:aug"])[0] * 1e3 / F_LOOP_ITERS
@@ -568,20 +508,18 @@ def worker_jax(args, frameworks):
                 "fwd_only_ms": C.summary(cpu["fwd:diffrax"])[0], "t_f_us": t_f, "t_aug_us": t_aug,
             })  # fmt: skip
             grads_out[f"{size}/{name}"] = g
-    _save_grads(args._out + ".npz", grads_out)
+    C.save_grads(args._out + ".npz", grads_out)
     return results
 
 
 def worker_jaxref(args, frameworks):
     try:
-        jax, jnp, diffrax = _jax_setup(True)
+        jax, jnp, diffrax = C.jax_setup(True)
     except ImportError as err:
         return {"error": f"not installed ({err})"}
     import numpy as np
 
-    def field(t, y, p):
-        W1, b1, W2, b2 = p
-        return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
+    field = C.jax_mlp_field(jnp)
 
     results = {"rows": {}}
     grads_out = {}
@@ -594,7 +532,7 @@ def worker_jaxref(args, frameworks):
         loss, g = jax.jit(jax.value_and_grad(loss_fn))(p, y0)
         grads_out[f"{size}/diffrax64-checkpoint"] = [np.asarray(x) for x in g]
         results["rows"][f"{size}/diffrax64-checkpoint"] = {"loss": float(loss)}
-    _save_grads(args._out + ".npz", grads_out)
+    C.save_grads(args._out + ".npz", grads_out)
     return results
 
 
@@ -606,15 +544,8 @@ WORKERS = {"ref": worker_ref, "tf": worker_tf, "torch": worker_torch, "jax": wor
 # --------------------------------------------------------------------------- #
 
 
-def _rel_err(g, ref):
-    import numpy as np
-
-    g = np.concatenate([np.ravel(x) for x in g]).astype(np.float64)
-    r = np.concatenate([np.ravel(x) for x in ref]).astype(np.float64)
-    return float(np.linalg.norm(g - r) / np.linalg.norm(r))
-
-
 def _run(kind, args, frameworks, tmpdir, python):
+    """Run the ``kind`` worker in a pinned subprocess; its result, with ``"grads"`` when it saved some."""
     out = os.path.join(tmpdir, f"{kind}.json")
     argv = [
         "--_worker", kind, "--_out", out,
@@ -625,9 +556,7 @@ def _run(kind, args, frameworks, tmpdir, python):
     if args.no_count:
         argv.append("--no-count")
     res = C.run_json_worker(__file__, argv, out, python=python, pin=not args.no_pin, log_prefix=f"w2/{kind}")
-    if "error" not in res and os.path.exists(out + ".npz"):
-        res["grads"] = _load_grads(out + ".npz")
-    return res
+    return C.attach_grads(res, out)
 
 
 def main(argv=None):
@@ -641,53 +570,30 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="5 timed runs")
     p.add_argument("--no-count", action="store_true", help="skip the untimed counted runs (TFP backward NFE)")
     p.add_argument("--no-crosscheck", action="store_true", help="skip the diffrax float64 cross-check")
-    p.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
-    p.add_argument("--tf-python", default=sys.executable)
-    p.add_argument("--peer-python", default=C.PEER_PYTHON if os.path.exists(C.PEER_PYTHON) else sys.executable)
-    p.add_argument("--json", default=None)
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--keep-dir", default=None, help="keep the workers' raw outputs (JSON + gradients) here")
-    p.add_argument("--from-dir", default=None, help="only print the report from outputs saved with --keep-dir")
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
+    C.add_worker_process_args(p, keep_dir_help="keep the workers' raw outputs (JSON + gradients) here")
     args = p.parse_args(argv)
-    args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    args.sizes = C.split_list(args.sizes)
+    frameworks = C.split_list(args.frameworks)
     if set(frameworks) - set(WORKER_OF):
         p.error(f"unknown frameworks; choose from {sorted(WORKER_OF)}")
     if args.quick:
         args.repeats = min(args.repeats, 5)
 
     if args._worker:
-        res = WORKERS[args._worker](args, frameworks)
-        with open(args._out, "w") as fh:
-            json.dump(res, fh)
+        C.write_json(args._out, WORKERS[args._worker](args, frameworks))
         return 0
 
-    by_worker = {}
-    for fw in frameworks:
-        by_worker.setdefault(WORKER_OF[fw], []).append(fw)
+    by_worker = C.group_by_worker(frameworks, WORKER_OF)
     kinds = ["ref"] + list(by_worker) + (["jaxref"] if "diffrax" in frameworks and not args.no_crosscheck else [])
     load_start = C.loadavg()
     rev_start = C.tfode_revision()
-    raw = {}
-    with tempfile.TemporaryDirectory() as tmpdir:
-        workdir = args.from_dir or args.keep_dir or tmpdir
-        os.makedirs(workdir, exist_ok=True)
-        for kind in kinds:
-            if args.from_dir:  # re-render saved worker outputs
-                res = {"error": "no saved output"}
-                out = os.path.join(workdir, f"{kind}.json")
-                if os.path.exists(out):
-                    with open(out) as fh:
-                        res = json.load(fh)
-                    if os.path.exists(out + ".npz"):
-                        res["grads"] = _load_grads(out + ".npz")
-                raw[kind] = res
-                continue
-            fws = by_worker.get(kind, ["diffrax"] if kind == "jaxref" else frameworks)
-            python = args.tf_python if kind in ("ref", "tf") else args.peer_python
-            raw[kind] = _run(kind, args, fws, workdir, python)
+
+    def run_kind(kind, workdir):
+        fws = by_worker.get(kind, ["diffrax"] if kind == "jaxref" else frameworks)
+        python = args.tf_python if kind in ("ref", "tf") else args.peer_python
+        return _run(kind, args, fws, workdir, python)
+
+    raw = C.run_or_load_workers(kinds, run_kind, from_dir=args.from_dir, keep_dir=args.keep_dir)
     load_end = C.loadavg()
     rev_end = C.tfode_revision()
 
@@ -701,15 +607,14 @@ def main(argv=None):
         if kind in ("ref", "jaxref"):
             continue
         if "error" in res:
-            for fw in by_worker[kind]:
-                notes.append(f"{', '.join(IMPLS_OF[fw])}: {res['error']}")
+            notes.extend(C.impl_notes(by_worker[kind], res["error"], IMPLS_OF, joined=True))
             continue
         versions.update(res.get("versions", {}))
         for fw, msg in res.get("missing", {}).items():
-            notes.append(f"{', '.join(IMPLS_OF[fw])}: {msg}")
+            notes.extend(C.impl_notes([fw], msg, IMPLS_OF, joined=True))
         diag.update(res.get("diag", {}))
         for row in res["rows"]:
-            row["rel_err"] = _rel_err(res["grads"][f"{row['size']}/{row['impl']}"], refs[row["size"]])
+            row["rel_err"] = C.rel_err(res["grads"][f"{row['size']}/{row['impl']}"], refs[row["size"]])
             row["median_ms"], row["min_ms"], row["max_ms"] = C.summary(row["times_ms"])
             row["cpu_median_ms"] = C.summary(row["cpu_ms"])[0]
             rows[(row["size"], row["impl"])] = row
@@ -805,11 +710,11 @@ def main(argv=None):
         rr = raw["ref"]["rows"][f"{size}/tfode64-adjoint"]
         parts.append(f"loss {rr['loss']:.10g}, fwd NFE {rr['nfe']}")
         direct64 = raw["ref"]["grads"][f"{size}/tfode64-direct"]
-        parts.append(f"vs tfode float64 direct {_rel_err(direct64, refs[size]):.1e}")
+        parts.append(f"vs tfode float64 direct {C.rel_err(direct64, refs[size]):.1e}")
         jr = raw.get("jaxref")
         if jr and "error" not in jr and f"{size}/diffrax64-checkpoint" in jr.get("grads", {}):
             dx64 = jr["grads"][f"{size}/diffrax64-checkpoint"]
-            parts.append(f"vs diffrax float64 checkpoint {_rel_err(dx64, refs[size]):.1e}")
+            parts.append(f"vs diffrax float64 checkpoint {C.rel_err(dx64, refs[size]):.1e}")
         elif jr and "error" in jr:
             parts.append(f"diffrax cross-check failed: {jr['error']}")
         print(f"- {size}: " + "; ".join(parts))
@@ -823,19 +728,12 @@ def main(argv=None):
         f"{s} {i} {rows[(s, i)]['first_call_ms'] / 1e3:.1f}s" for s, i in rows if i.startswith(("tfode", "tfp"))
     )
     print(f"- first call (trace + XLA compile): {first}")
-    la0, la1 = (tuple(round(x, 2) for x in la) for la in (load_start, load_end))
-    print(f"- load average (1/5/15 min) at start {la0}, end {la1} (machine: {os.cpu_count()} cores)")
-    print(f"- tfode: {rev_start}")
-    if rev_end != rev_start:
-        print(f"- WARNING: tfode changed during the run; at the end: {rev_end}")
-    for n in notes:
-        print(f"- {n}")
-    if versions:
-        print("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    C.print_loadavg(load_start, load_end)
+    C.print_revision(rev_start, rev_end)
+    C.print_notes_and_versions(notes, versions)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"rows": [dict(r) for r in rows.values()], "diag": diag, "notes": notes, "versions": versions,
-                       "reference": raw["ref"].get("rows")}, fh, indent=1)  # fmt: skip
+        C.write_json(args.json, {"rows": [dict(r) for r in rows.values()], "diag": diag, "notes": notes,
+                                 "versions": versions, "reference": raw["ref"].get("rows")}, indent=1)  # fmt: skip
     return 0
 
 

@@ -61,13 +61,9 @@ TF workers run with this interpreter (--tf-python), the JAX workers with
 
 from __future__ import annotations
 
-# Closures defined in loops are called within the same iteration.
-# ruff: noqa: B023
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,23 +85,6 @@ def load_cnf(weights=C.DEFAULT_WEIGHTS):
 
     d = np.load(weights)
     return {k: np.ascontiguousarray(d[f"cnf_{k}"]) for k in WEIGHT_NAMES}, np.ascontiguousarray(d["cnf_x"])
-
-
-def _save_grads(path, grads):
-    import numpy as np
-
-    np.savez(path, **{f"{key}|{i}": np.asarray(g, np.float64) for key, gs in grads.items() for i, g in enumerate(gs)})
-
-
-def _load_grads(path):
-    import numpy as np
-
-    out = {}
-    with np.load(path) as d:
-        for k in d.files:
-            key, i = k.rsplit("|", 1)
-            out.setdefault(key, {})[int(i)] = d[k]
-    return {key: [v[i] for i in range(len(v))] for key, v in out.items()}
 
 
 # --------------------------------------------------------------------------- #
@@ -159,7 +138,7 @@ def worker_ref(args, frameworks):
     t0 = time.perf_counter()
     loss, grads = value_and_grad(x)
     grads = _row_convention([g.numpy() for g in grads])
-    _save_grads(args._out + ".npz", {"tfode64-adjoint": grads})
+    C.save_grads(args._out + ".npz", {"tfode64-adjoint": grads})
     return {"rows": {"tfode64-adjoint": {"mean_log_p": float(loss), "seconds": time.perf_counter() - t0}}}
 
 
@@ -234,7 +213,7 @@ def worker_tf(args, frameworks):
 
     impls = [i for fw in frameworks if fw in ("tfode", "ffjord") for i in IMPLS_OF[fw]]
     impls = [i for i in impls if not (i.startswith("tfode") and tfode is None)]
-    grad_fns, fwd_fns, last, first_ms = {}, {}, {}, {}
+    grad_fns, fwd_fns, last = {}, {}, {}
     for impl in impls:
         grad_fns[impl], fwd_fns[impl] = make_fns(impl, field)
 
@@ -247,11 +226,7 @@ def worker_tf(args, frameworks):
 
     calls = {impl: grad_call(impl) for impl in impls}
     calls.update({f"fwd:{impl}": (lambda impl=impl: fwd_fns[impl](x).numpy()) for impl in impls})
-    for name, call in calls.items():
-        t0 = time.perf_counter()
-        call()
-        first_ms[name] = (time.perf_counter() - t0) * 1e3
-        print(f"[w3/tf] {name}: first call {first_ms[name] / 1e3:.1f} s", file=sys.stderr, flush=True)
+    first_ms = C.first_calls(calls, log_prefix="[w3/tf]")
     wall, cpu = C.time_interleaved(calls, args.repeats)
 
     # Untimed counted runs: evaluations of f in the forward solve and in the backward pass
@@ -273,25 +248,13 @@ def worker_tf(args, frameworks):
             "fwd_first_call_ms": first_ms[f"fwd:{impl}"], "mean_log_p": loss, **counts[impl],
         })  # fmt: skip
         last[impl] = _row_convention(grads)
-    _save_grads(args._out + ".npz", {impl: last[impl] for impl in impls})
+    C.save_grads(args._out + ".npz", {impl: last[impl] for impl in impls})
     return results
 
 
 # --------------------------------------------------------------------------- #
 # JAX: diffrax
 # --------------------------------------------------------------------------- #
-
-
-def _jax_setup(x64):
-    C.set_thread_env()
-    import jax
-
-    if x64:
-        jax.config.update("jax_enable_x64", True)
-    import diffrax
-    import jax.numpy as jnp
-
-    return jax, jnp, diffrax
 
 
 def _diffrax_mean_log_p(jax, jnp, diffrax, adjoint, rtol, atol, on_eval=None, max_steps=4096):
@@ -339,7 +302,7 @@ def _diffrax_mean_log_p(jax, jnp, diffrax, adjoint, rtol, atol, on_eval=None, ma
 
 def worker_jax(args, frameworks):
     try:
-        jax, jnp, diffrax = _jax_setup(False)
+        jax, jnp, diffrax = C.jax_setup(False)
     except ImportError as err:
         return {"error": f"not installed ({err})"}
     import numpy as np
@@ -356,11 +319,11 @@ def worker_jax(args, frameworks):
         "diffrax-backsolve": diffrax.BacksolveAdjoint,
         "diffrax-checkpoint": diffrax.RecursiveCheckpointAdjoint,
     }
-    results = {"versions": {"jax": jax.__version__, "diffrax": getattr(diffrax, "__version__", "?")}, "rows": []}
-    fns, fwd_fns, counts, last, first = {}, {}, {}, {}, {}
+    results = {"versions": C.versions(jax=jax, diffrax=diffrax), "rows": []}
+    fns, fwd_fns, counts, last = {}, {}, {}, {}
     for name, make_adjoint in adjoints.items():
 
-        def mean_log_p(on_eval=None):
+        def mean_log_p(on_eval=None, make_adjoint=make_adjoint):
             return _diffrax_mean_log_p(jax, jnp, diffrax, make_adjoint(), args.tol, args.tol, on_eval=on_eval)
 
         fns[name] = jax.jit(jax.value_and_grad(mean_log_p()))
@@ -384,11 +347,7 @@ def worker_jax(args, frameworks):
 
     calls = {name: grad_call(name) for name in fns}
     calls.update({f"fwd:{name}": (lambda name=name: float(fwd_fns[name](p, x))) for name in fns})
-    for name, call in calls.items():
-        t0 = time.perf_counter()
-        call()
-        first[name] = (time.perf_counter() - t0) * 1e3
-        print(f"[w3/jax] {name}: first call {first[name] / 1e3:.1f} s", file=sys.stderr, flush=True)
+    first = C.first_calls(calls, log_prefix="[w3/jax]")
     wall, cpu = C.time_interleaved(calls, args.repeats)
     for name in fns:
         loss, grads = last[name]
@@ -398,13 +357,13 @@ def worker_jax(args, frameworks):
             "mean_log_p": loss, **counts[name],
         })  # fmt: skip
         last[name] = grads
-    _save_grads(args._out + ".npz", {name: last[name] for name in fns})
+    C.save_grads(args._out + ".npz", {name: last[name] for name in fns})
     return results
 
 
 def worker_jaxref(args, frameworks):
     try:
-        jax, jnp, diffrax = _jax_setup(True)
+        jax, jnp, diffrax = C.jax_setup(True)
     except ImportError as err:
         return {"error": f"not installed ({err})"}
     import numpy as np
@@ -414,7 +373,7 @@ def worker_jaxref(args, frameworks):
     fn = _diffrax_mean_log_p(jax, jnp, diffrax, diffrax.RecursiveCheckpointAdjoint(), args.ref_tol, args.ref_tol,
                              max_steps=100_000)  # fmt: skip
     loss, grads = jax.jit(jax.value_and_grad(fn))(p, jnp.asarray(x_np.astype(np.float64)))
-    _save_grads(args._out + ".npz", {"diffrax64-checkpoint": [np.asarray(g) for g in grads]})
+    C.save_grads(args._out + ".npz", {"diffrax64-checkpoint": [np.asarray(g) for g in grads]})
     return {"rows": {"diffrax64-checkpoint": {"mean_log_p": float(loss)}}}
 
 
@@ -426,24 +385,15 @@ WORKERS = {"ref": worker_ref, "tf": worker_tf, "jax": worker_jax, "jaxref": work
 # --------------------------------------------------------------------------- #
 
 
-def _rel_err(g, ref):
-    import numpy as np
-
-    g = np.concatenate([np.ravel(v) for v in g]).astype(np.float64)
-    r = np.concatenate([np.ravel(v) for v in ref]).astype(np.float64)
-    return float(np.linalg.norm(g - r) / np.linalg.norm(r))
-
-
 def _run(kind, args, frameworks, workdir, python):
+    """Run the ``kind`` worker in a pinned subprocess; its result, with ``"grads"`` when it saved some."""
     out = os.path.join(workdir, f"{kind}.json")
     argv = [
         "--_worker", kind, "--_out", out, "--tol", repr(args.tol), "--ref-tol", repr(args.ref_tol),
         "--repeats", str(args.repeats), "--frameworks", ",".join(frameworks), "--weights", args.weights,
     ]  # fmt: skip
     res = C.run_json_worker(__file__, argv, out, python=python, pin=not args.no_pin, log_prefix=f"w3/{kind}")
-    if "error" not in res and os.path.exists(out + ".npz"):
-        res["grads"] = _load_grads(out + ".npz")
-    return res
+    return C.attach_grads(res, out)
 
 
 def main(argv=None):
@@ -454,50 +404,27 @@ def main(argv=None):
     p.add_argument("--frameworks", default="tfode,ffjord,diffrax")
     p.add_argument("--quick", action="store_true", help="3 timed runs (not a measurement)")
     p.add_argument("--no-crosscheck", action="store_true", help="skip the diffrax float64 cross-check")
-    p.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
-    p.add_argument("--tf-python", default=sys.executable)
-    p.add_argument("--peer-python", default=C.PEER_PYTHON if os.path.exists(C.PEER_PYTHON) else sys.executable)
-    p.add_argument("--json", default=None)
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--keep-dir", default=None, help="keep the workers' raw outputs here")
-    p.add_argument("--from-dir", default=None, help="only print the report from outputs saved with --keep-dir")
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
+    C.add_worker_process_args(p, keep_dir_help="keep the workers' raw outputs here")
     args = p.parse_args(argv)
-    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    frameworks = C.split_list(args.frameworks)
     if set(frameworks) - set(WORKER_OF):
         p.error(f"unknown frameworks; choose from {sorted(WORKER_OF)}")
     if args.quick:
         args.repeats = min(args.repeats, 3)
 
     if args._worker:
-        res = WORKERS[args._worker](args, frameworks)
-        with open(args._out, "w") as fh:
-            json.dump(res, fh)
+        C.write_json(args._out, WORKERS[args._worker](args, frameworks))
         return 0
 
-    by_worker = {}
-    for fw in frameworks:
-        by_worker.setdefault(WORKER_OF[fw], []).append(fw)
+    by_worker = C.group_by_worker(frameworks, WORKER_OF)
     kinds = ["ref"] + list(by_worker) + (["jaxref"] if "diffrax" in frameworks and not args.no_crosscheck else [])
     load_start, rev_start = C.loadavg(), C.tfode_revision()
-    raw = {}
-    with tempfile.TemporaryDirectory() as tmpdir:
-        workdir = args.from_dir or args.keep_dir or tmpdir
-        os.makedirs(workdir, exist_ok=True)
-        for kind in kinds:
-            if args.from_dir:
-                out = os.path.join(workdir, f"{kind}.json")
-                res = {"error": "no saved output"}
-                if os.path.exists(out):
-                    with open(out) as fh:
-                        res = json.load(fh)
-                    if os.path.exists(out + ".npz"):
-                        res["grads"] = _load_grads(out + ".npz")
-                raw[kind] = res
-                continue
-            python = args.tf_python if kind in ("ref", "tf") else args.peer_python
-            raw[kind] = _run(kind, args, by_worker.get(kind, frameworks), workdir, python)
+
+    def run_kind(kind, workdir):
+        python = args.tf_python if kind in ("ref", "tf") else args.peer_python
+        return _run(kind, args, by_worker.get(kind, frameworks), workdir, python)
+
+    raw = C.run_or_load_workers(kinds, run_kind, from_dir=args.from_dir, keep_dir=args.keep_dir)
     load_end, rev_end = C.loadavg(), C.tfode_revision()
 
     if "error" in raw["ref"]:
@@ -509,13 +436,13 @@ def main(argv=None):
     for kind in by_worker:
         res = raw[kind]
         if "error" in res:
-            notes.extend(f"{impl}: {res['error']}" for fw in by_worker[kind] for impl in IMPLS_OF[fw])
+            notes.extend(C.impl_notes(by_worker[kind], res["error"], IMPLS_OF))
             continue
         versions.update(res.get("versions", {}))
         for fw, msg in res.get("missing", {}).items():
-            notes.extend(f"{impl}: {msg}" for impl in IMPLS_OF[fw])
+            notes.extend(C.impl_notes([fw], msg, IMPLS_OF))
         for row in res["rows"]:
-            row["rel_err"] = _rel_err(res["grads"][row["impl"]], ref)
+            row["rel_err"] = C.rel_err(res["grads"][row["impl"]], ref)
             row["median_ms"], row["min_ms"], row["max_ms"] = C.summary(row["times_ms"])
             row["cpu_median_ms"] = C.summary(row["cpu_ms"])[0]
             row["fwd_cpu_median_ms"] = C.summary(row["fwd_cpu_ms"])[0]
@@ -552,7 +479,7 @@ def main(argv=None):
     jr = raw.get("jaxref")
     if jr and "error" not in jr:
         parts.append(f"diffrax float64 checkpoint: mean log p {jr['rows']['diffrax64-checkpoint']['mean_log_p']:.8f}, "
-                     f"grad rel diff {_rel_err(jr['grads']['diffrax64-checkpoint'], ref):.1e}")  # fmt: skip
+                     f"grad rel diff {C.rel_err(jr['grads']['diffrax64-checkpoint'], ref):.1e}")  # fmt: skip
     elif jr:
         parts.append(f"diffrax cross-check failed: {jr['error']}")
     print(f"- Reference: tfode float64 adjoint (full norm) at rtol=atol={args.ref_tol:g}: " + "; ".join(parts))
@@ -563,19 +490,12 @@ def main(argv=None):
     print("- fwd log p wall medians: " + ", ".join(f"{i} {C.fmt_ms(rows[i]['fwd_median_ms'])}" for i in rows))
     first = [f"{i} {r['first_call_ms'] / 1e3:.1f} s / {r['fwd_first_call_ms'] / 1e3:.1f} s" for i, r in rows.items()]
     print("- first call (trace + compile), fwd+bwd / fwd: " + ", ".join(first))
-    la0, la1 = (tuple(round(v, 2) for v in la) for la in (load_start, load_end))
-    print(f"- load average (1/5/15 min) at start {la0}, end {la1} (machine: {os.cpu_count()} cores)")
-    print(f"- tfode: {rev_start}")
-    if rev_end != rev_start:
-        print(f"- WARNING: tfode changed during the run; at the end: {rev_end}")
-    for n in notes:
-        print(f"- {n}")
-    if versions:
-        print("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    C.print_loadavg(load_start, load_end)
+    C.print_revision(rev_start, rev_end)
+    C.print_notes_and_versions(notes, versions)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"rows": list(rows.values()), "notes": notes, "versions": versions,
-                       "reference": raw["ref"].get("rows")}, fh, indent=1)  # fmt: skip
+        C.write_json(args.json, {"rows": list(rows.values()), "notes": notes, "versions": versions,
+                                 "reference": raw["ref"].get("rows")}, indent=1)  # fmt: skip
     return 0
 
 

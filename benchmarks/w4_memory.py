@@ -48,10 +48,7 @@ Usage:
 
 from __future__ import annotations
 
-# Closures defined in the per-size loops are called within the same iteration.
-# ruff: noqa: B023
 import argparse
-import json
 import os
 import resource
 import sys
@@ -67,11 +64,13 @@ WARMUP_T = 0.1
 
 
 def _rss_mb():
+    """Current resident set size (VmRSS) of this process, MB."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _maxrss_mb():
+    """Peak resident set size (ru_maxrss) of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -98,6 +97,7 @@ class _RssSampler:
 
 
 def worker(args):
+    """One measured configuration (``args.impl`` at ``args.T``) in this process; the row dict."""
     tf = C.pin_tensorflow()
     import numpy as np
 
@@ -176,15 +176,13 @@ def main(argv=None):
 
     if args._worker:
         args.T = float(args.T)
-        res = worker(args)
-        with open(args._out, "w") as fh:
-            json.dump(res, fh)
+        C.write_json(args._out, worker(args))
         return 0
 
     import numpy as np
 
-    Ts = [float(x) for x in args.T.split(",") if x.strip()]
-    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    Ts = C.split_list(args.T, float)
+    impls = C.split_list(args.impls)
     if set(impls) - set(IMPLS):
         p.error(f"unknown impls; choose from {IMPLS}")
     rows, grads = [], {}
@@ -251,13 +249,9 @@ def main(argv=None):
                 f"({growth * 100:+.1f}%){verdict}; memory added by the call "
                 f"{a['call_add_mb']:.0f} -> {b['call_add_mb']:.0f} MB"
             )
-    rev_end = C.tfode_revision()
-    print(f"- tfode: {rev_start}")
-    if rev_end != rev_start:
-        print(f"- WARNING: tfode changed during the run; at the end: {rev_end}")
+    C.print_revision(rev_start, C.tfode_revision())
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        C.write_json(args.json, rows, indent=1)
     return 0
 
 
