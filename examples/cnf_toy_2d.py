@@ -38,6 +38,8 @@ Run: python examples/cnf_toy_2d.py [--datasets 8gaussians,moons,checkerboard,rin
 ``--quick`` (smoke run, < 2 minutes on an idle 2-core CPU): 8gaussians only, 10
 iterations of batch 256 at rtol = atol = 1e-3 without XLA, small grids.
 
+Measured numbers and the command used: ``examples/RESULTS_cnf_toy_2d.md``.
+
 References:
     Grathwohl et al. (2019), "FFJORD: Free-form Continuous Dynamics for Scalable
     Reversible Generative Models".
