@@ -28,10 +28,10 @@ import numbers
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow.python.ops import control_flow_util
 from tensorflow_probability.python.internal import cache_util
 
 from tfode._overrides import current_tolerances, record_fn_evals
+from tfode._xla import in_xla_context
 from tfode.adjoint import _record
 from tfode.solvers import solve
 
@@ -116,11 +116,6 @@ def _check_event(name, z, trace):
             f"trace='exact' needs a static event size D (the last dimension of {name}), got shape "
             f"{z.shape.as_list()}; give {name} a static last dimension or use trace='hutchinson'."
         )
-
-
-def _in_xla_context():
-    """Whether ops built now are compiled by XLA (``tf.function(jit_compile=True)``)."""
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _noise(kind, shape, dtype, seed):
@@ -302,7 +297,7 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         if self._trace == "exact":
             return None
         if self._noise_generator is None:
-            if _in_xla_context():
+            if in_xla_context():
                 raise ValueError(
                     "trace='hutchinson' with seed=None draws its noise from TF's stateful RNG, which XLA "
                     "(jit_compile=True) cannot compile reproducibly: pass an int seed (e.g. seed=0)."

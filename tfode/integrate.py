@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from tfode._xla import in_xla_context
 from tfode.controllers import select_initial_step
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
@@ -163,7 +164,18 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, options, *, inputs_val
                 values = dense_output(tableau, s.y, y1, stages, dt, theta)
                 return index + 1, tuple(b.write(index, v) for b, v in zip(buffers, values))
 
-            return tf.while_loop(cond, body, (s.index, s.buffers), maximum_iterations=num_times)
+            if in_xla_context():  # static shapes: one output time per inner iteration
+                return tf.while_loop(cond, body, (s.index, s.buffers), maximum_iterations=num_times)
+            # Elsewhere every covered time at once: K thetas, one interpolant evaluation, one scatter.
+            # The times are sorted along `direction`, so the covered ones are a prefix of those left.
+            left = t[s.index :]
+            count = tf.reduce_sum(tf.cast(direction * (left - t1) <= 0, tf.int32))
+            count = tf.where(accept, count, 0)
+            indices = s.index + tf.range(count)
+            span = t1 - s.t
+            theta = tf.where(tf.equal(span, 0), tf.ones_like(span), (tf.gather(t, indices) - s.t) / span)
+            values = dense_output(tableau, s.y, y1, stages, dt, tf.cast(theta, y1[0].dtype))
+            return s.index + count, tuple(b.scatter(indices, v) for b, v in zip(s.buffers, values))
 
         def loop_body(s):
             target = time_at(s.index) if grid_mode else t_end

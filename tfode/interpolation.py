@@ -20,10 +20,11 @@ def dense_output(tableau, y0, y1, stages, dt, theta):
         y0, y1: lists of leaves at the step's start and end.
         stages: list of ``num_extended_stages`` stage lists (leaves).
         dt: signed step (state dtype, scalar).
-        theta: scalar in ``[0, 1]`` (state dtype).
+        theta: scalar in ``[0, 1]`` (state dtype), or ``[K]`` for ``K`` points at once.
 
     Returns:
-        List of leaves; exactly ``y1`` when ``theta == 1``.
+        List of leaves (each ``[K, *leaf.shape]`` for a ``[K]`` theta); exactly
+        ``y1`` where ``theta == 1``.
     """
     with tf.name_scope("dense_output"):
         dense = tableau.dense
@@ -37,7 +38,13 @@ def dense_output(tableau, y0, y1, stages, dt, theta):
             weights.append(tf.add_n(terms) if terms else None)
         out = []
         for leaf in range(len(y0)):
-            terms = [w * k[leaf] for w, k in zip(weights, stages) if w is not None]
+            rank = len(y0[leaf].shape)
+            terms = [_expand(w, theta, rank) * k[leaf] for w, k in zip(weights, stages) if w is not None]
             value = y0[leaf] + dt * tf.add_n(terms)
-            out.append(tf.where(theta >= 1, y1[leaf], value))
+            out.append(tf.where(_expand(theta, theta, rank) >= 1, y1[leaf], value))
         return out
+
+
+def _expand(x, theta, rank):
+    """A per-theta coefficient ``[K]`` -> ``[K, 1, ..., 1]`` to broadcast against a rank-``rank`` leaf."""
+    return x if theta.shape.rank == 0 else tf.reshape(x, [-1] + [1] * rank)
