@@ -3,7 +3,9 @@
 Each iteration takes one Runge–Kutta step, accepts or rejects it with
 ``tf.where`` (no Python branching on tensor values), writes every requested
 output time that the accepted step covers by dense output into a preallocated
-buffer, and proposes the next step. The same code runs eagerly, inside
+buffer (all of them in one batched evaluation and scatter; under XLA, whose
+shapes must be static, one per inner-loop iteration), and proposes the next
+step. The same code runs eagerly, inside
 ``tf.function`` and under ``jit_compile=True``. Failures end the loop with a
 ``Status`` code; unreached output times hold NaN.
 """
