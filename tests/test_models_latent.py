@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
+from irregular_cases import BAD_INPUT_CASES, bad_inputs, random_batch  # noqa: E402
 
 import tfode  # noqa: E402
 from tfode.models import (  # noqa: E402
@@ -51,15 +52,6 @@ def _model(encoder="rnn", seed=0, **kwargs):
     return LatentODE(obs_dim=2, encoder=encoder, **{**TINY, **kwargs})
 
 
-def _batch(batch=3, length=6, seed=0, per_series=True):
-    """Random increasing per-series (or shared) times in [0, 2] and values, all observed."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, length) if per_series else (length,)
-    times = np.sort(rng.uniform(0.0, 2.0, size=shape), axis=-1).astype("float32")
-    values = rng.normal(size=(batch, length, 2)).astype("float32")
-    return times, values
-
-
 def _encode_and_elbo(model, inputs):
     """``(mean, log_var, elbo [B])`` with z0 = posterior mean: the training=False path, one encoder run."""
     mean, log_var = model.encode(inputs)
@@ -81,7 +73,7 @@ def models():
     built = {}
     for encoder in ENCODERS:
         model = _model(encoder, rtol=1e-5, atol=1e-6)
-        times, values = _batch(1, 2)
+        times, values = random_batch(1, 2)
         model({"times": times, "values": values})
         built[encoder] = model
     return built
@@ -98,7 +90,7 @@ def models():
 def test_output_shapes(models, times_kind, query_kind, with_mask):
     model = models["rnn"]
     batch, length, num_query = 3, 5, 7
-    times, values = _batch(batch, length, per_series=times_kind == "per_series")
+    times, values = random_batch(batch, length, per_series=times_kind == "per_series")
     inputs = {"times": times, "values": values}
     if with_mask:
         mask = np.ones_like(values)
@@ -127,7 +119,7 @@ def test_output_shapes(models, times_kind, query_kind, with_mask):
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_masked_values_change_nothing(models, encoder):
     model = models[encoder]
-    times, values = _batch(3, 4, seed=1)
+    times, values = random_batch(3, 4, seed=1)
     mask = np.ones_like(values)
     mask[0, 2] = 0.0  # a whole row
     mask[1, 0, 1] = 0.0  # one feature of the first row
@@ -262,7 +254,7 @@ def test_fit_lowers_loss_and_beats_mean_predictor():
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_config_round_trip(models, encoder):
     model = models[encoder]
-    times, values = _batch(1, 3, seed=4)  # the eager ODE-RNN solves once per time step: keep it short
+    times, values = random_batch(1, 3, seed=4)  # the eager ODE-RNN solves once per time step: keep it short
     inputs = {"times": times, "values": values, "query_times": np.linspace(0, 3, 4, dtype="float32")}
     config = model.get_config()
     clone = LatentODE.from_config(config)
@@ -277,60 +269,14 @@ def test_config_round_trip(models, encoder):
 # ---------------------------------------------------------------------------
 
 
-def _bad_inputs(case):
-    times, values = _batch(3, 5, seed=5)
-    inputs = {"times": times, "values": values}
-    if case == "times_length":
-        inputs["times"] = times[:, :4]
-    elif case == "times_batch":
-        inputs["times"] = times[:2]
-    elif case == "times_rank":
-        inputs["times"] = times[..., None]
-    elif case == "values_rank":
-        inputs["values"] = values[0]
-    elif case == "mask_shape":
-        inputs["mask"] = np.ones((3, 5, 1), "float32")
-    elif case == "decreasing_times":
-        inputs["times"] = times[:, ::-1].copy()
-    elif case == "negative_times":
-        inputs["times"] = times - 1.0
-    elif case == "empty_series":
-        mask = np.ones_like(values)
-        mask[1] = 0.0
-        inputs["mask"] = mask
-    elif case == "nan_observed":
-        inputs["values"] = values.copy()
-        inputs["values"][2, 3, 0] = np.nan
-    elif case == "query_batch":
-        inputs["query_times"] = np.tile(np.linspace(0, 1, 4, dtype="float32"), (2, 1))
-    elif case == "obs_dim":
-        inputs["values"] = np.concatenate([values, values[..., :1]], axis=-1)  # D = 3, model has obs_dim 2
-    return inputs
-
-
-@pytest.mark.parametrize(
-    "case, match",
-    [
-        ("times_length", "times"),
-        ("times_batch", "times has batch"),
-        ("times_rank", "times"),
-        ("values_rank", "values"),
-        ("mask_shape", "mask"),
-        ("decreasing_times", "times must be non-decreasing"),
-        ("negative_times", "times must be finite and >= 0"),
-        ("empty_series", r"series \[1\] have no observed point"),
-        ("nan_observed", "NaN.*observed"),
-        ("query_batch", "query_times"),
-        ("obs_dim", "obs_dim"),
-    ],
-)
+@pytest.mark.parametrize("case, match", BAD_INPUT_CASES)
 def test_bad_batch_raises_naming_the_argument(models, case, match):
     with pytest.raises(ValueError, match=match):
-        models["rnn"](_bad_inputs(case))
+        models["rnn"](bad_inputs(case))
 
 
 def test_masked_nan_is_allowed(models):
-    times, values = _batch(2, 4, seed=6)
+    times, values = random_batch(2, 4, seed=6)
     values[0, 1, 1] = np.nan
     mask = np.ones_like(values)
     mask[0, 1, 1] = 0.0
@@ -482,7 +428,7 @@ def test_masked_log_likelihood_float64():
 
 def test_keras_save_and_load_same_predictions(models, tmp_path):
     model = models["rnn"]
-    times, values = _batch(2, 5, seed=12)
+    times, values = random_batch(2, 5, seed=12)
     inputs = {"times": times, "values": values}
     path = str(tmp_path / "latent.keras")
     model.save(path)
@@ -492,14 +438,14 @@ def test_keras_save_and_load_same_predictions(models, tmp_path):
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_encoding_depends_on_time_of_first_observation(models, encoder):
-    times, values = _batch(1, 3, seed=13)
+    times, values = random_batch(1, 3, seed=13)
     early = models[encoder].encode({"times": times, "values": values})[0]
     late = models[encoder].encode({"times": times + 1.0, "values": values})[0]
     assert not np.allclose(early, late, rtol=1e-3, atol=1e-4)
 
 
 def test_query_times_must_be_non_decreasing(models):
-    times, values = _batch(2, 4, seed=14)
+    times, values = random_batch(2, 4, seed=14)
     with pytest.raises(ValueError, match="query_times must be non-decreasing"):
         models["rnn"]({"times": times, "values": values, "query_times": np.array([0.0, 2.0, 1.0], "float32")})
 
@@ -508,7 +454,7 @@ def test_ode_rnn_encoder_follows_serving_tolerance_override(models):
     """``solver_tolerances`` (the serving knob) reaches the ODE-RNN encoder's solves too."""
     from tfode._overrides import solver_tolerances
 
-    times, values = _batch(1, 3, seed=15)
+    times, values = random_batch(1, 3, seed=15)
     inputs = {"times": times * 3.0, "values": values}
     reference = models["ode_rnn"].encode(inputs)[0]
     with solver_tolerances(0.5, 0.5):
@@ -524,7 +470,7 @@ def test_ode_rnn_encoder_follows_serving_tolerance_override(models):
 def test_poisson_log_likelihood_constant_rate_closed_form():
     """Rate λ = e^c on every feature: log L = N_events * c - D * e^c * t_end, per series."""
     model = _model(poisson=True, rtol=1e-7, atol=1e-8)
-    times, values = _batch(2, 5, seed=16)
+    times, values = random_batch(2, 5, seed=16)
     mask = np.ones_like(values)
     mask[0, 1, 0] = mask[1, 3:] = 0.0
     model({"times": times, "values": values, "mask": mask})
@@ -543,7 +489,7 @@ def test_poisson_log_likelihood_constant_rate_closed_form():
 
 def test_poisson_model_trains_one_step():
     model = _model(poisson=True)
-    times, values = _batch(4, 5, seed=17)
+    times, values = random_batch(4, 5, seed=17)
     model.compile(keras.optimizers.Adam(1e-2), jit_compile=False, run_eagerly=True)
     history = model.fit({"times": times, "values": values}, batch_size=4, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -553,7 +499,7 @@ def test_poisson_model_trains_one_step():
 def test_iwae_bound_matches_manual_computation_and_prior_ratio():
     samples = 5
     model = _model(iwae_samples=samples, rtol=1e-6, atol=1e-7)
-    times, values = _batch(3, 4, seed=18)
+    times, values = random_batch(3, 4, seed=18)
     inputs = {"times": times, "values": values}
     model(inputs)
     model._posterior_noise.reset_from_seed(3)
@@ -591,7 +537,7 @@ def test_iwae_log_weight_prior_term_is_minus_kl_on_average():
 
 def test_classifier_head_outputs_logits_and_adds_cross_entropy():
     model = _model(num_classes=3, classification_weight=5.0)
-    times, values = _batch(4, 3, seed=20)
+    times, values = random_batch(4, 3, seed=20)
     labels = np.array([0, 2, 1, 2])
     inputs = {"times": times, "values": values, "labels": labels}
     out = model(inputs)
@@ -618,7 +564,7 @@ def test_classifier_head_outputs_logits_and_adds_cross_entropy():
 
 def test_optional_heads_survive_keras_save_and_load(tmp_path):
     model = _model(poisson=True, num_classes=3, classifier_hidden=(4,), iwae_samples=2)
-    times, values = _batch(2, 4, seed=21)
+    times, values = random_batch(2, 4, seed=21)
     inputs = {"times": times, "values": values}
     model(inputs)
     path = str(tmp_path / "heads.keras")

@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from irregular_cases import BAD_INPUT_CASES, bad_inputs, random_batch  # noqa: E402
 
 import tfode  # noqa: E402
 from tfode.models._latent_ode import masked_gaussian_log_likelihood  # noqa: E402
@@ -46,22 +47,13 @@ def _model(kind, seed=0, **kwargs):
     return ODERNN(**tiny, field_hidden=(8,), method=method, **kwargs)
 
 
-def _batch(batch=3, length=4, seed=0, per_series=True):
-    """Random increasing per-series (or shared) times in [0, 2] and values, all observed."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, length) if per_series else (length,)
-    times = np.sort(rng.uniform(0.0, 2.0, size=shape), axis=-1).astype("float32")
-    values = rng.normal(size=(batch, length, 2)).astype("float32")
-    return times, values
-
-
 @pytest.fixture(scope="module")
 def models():
     """One tiny model per kind, built by a first call (shared by the eager tests)."""
     built = {}
     for kind in KINDS:
         model = _model(kind)
-        times, values = _batch(1, 2)
+        times, values = random_batch(1, 2)
         model({"times": times, "values": values})
         built[kind] = model
     return built
@@ -82,7 +74,7 @@ def _tol(kind):
 def test_output_shapes(models, kind, times_kind, query_kind):
     model = models[kind]
     batch, length, num_query = 2, 3, 4
-    times, values = _batch(batch, length, per_series=times_kind == "per_series")
+    times, values = random_batch(batch, length, per_series=times_kind == "per_series")
     mask = np.ones_like(values)
     mask[0, 1, 0] = 0.0  # a partially observed row
     mask[1, -1] = 0.0  # padding
@@ -107,7 +99,7 @@ def test_output_shapes(models, kind, times_kind, query_kind):
 @pytest.mark.parametrize("kind", ["gru", "ode_rnn"])
 def test_masked_values_change_nothing(models, kind):
     model = models[kind]
-    times, values = _batch(3, 3, seed=1)
+    times, values = random_batch(3, 3, seed=1)
     mask = np.ones_like(values)
     mask[0, 1] = 0.0  # a whole row
     mask[1, 0, 1] = 0.0  # one feature of the first row
@@ -192,7 +184,7 @@ def test_default_query_is_one_step_ahead_and_matches_explicit_times(models, kind
 @pytest.mark.parametrize("kind", ["gru", "ode_rnn", "ode_rnn_dopri5"])
 def test_extrapolation_is_finite_and_depends_on_the_gap(models, kind):
     model = models[kind]
-    times, values = _batch(1, 3, seed=5)
+    times, values = random_batch(1, 3, seed=5)
     last = float(times[0, -1])
     query = np.array([last + 0.5, last + 2.0, last + 6.0], "float32")
     out = np.asarray(model({"times": times, "values": values, "query_times": query}))
@@ -208,7 +200,7 @@ def test_odernn_prediction_does_not_depend_on_the_solver(models):
     """ODE-RNN: the same weights with rk4 (4 steps per gap) and dopri5 (rtol 1e-3) agree."""
     rk4 = models["ode_rnn"]
     dopri5 = _model("ode_rnn_dopri5")
-    times, values = _batch(1, 3, seed=6)
+    times, values = random_batch(1, 3, seed=6)
     query = np.array([0.1, float(times[0, -1]) + 1.0], "float32")
     inputs = {"times": times, "values": values, "query_times": query}
     dopri5(inputs)  # build
@@ -234,7 +226,7 @@ def test_graph_mode_matches_eager(models, kind):
 @pytest.mark.parametrize("kind", ["gru", "ode_rnn_dopri5"])
 def test_config_round_trip_and_keras_file(models, kind, tmp_path):
     model = models[kind]
-    times, values = _batch(2, 3, seed=7)
+    times, values = random_batch(2, 3, seed=7)
     inputs = {"times": times, "values": values, "query_times": np.array([0.5, 3.0], "float32")}
     want = np.asarray(model(inputs))
     config = model.get_config()
@@ -259,66 +251,11 @@ def test_config_round_trip_and_keras_file(models, kind, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _bad_inputs(case):
-    times, values = _batch(3, 4, seed=8)
-    inputs = {"times": times, "values": values}
-    if case == "times_length":
-        inputs["times"] = times[:, :3]
-    elif case == "times_batch":
-        inputs["times"] = times[:2]
-    elif case == "times_rank":
-        inputs["times"] = times[..., None]
-    elif case == "values_rank":
-        inputs["values"] = values[0]
-    elif case == "mask_shape":
-        inputs["mask"] = np.ones((3, 4, 1), "float32")
-    elif case == "decreasing_times":
-        inputs["times"] = times[:, ::-1].copy()
-    elif case == "negative_times":
-        inputs["times"] = times - 1.0
-    elif case == "empty_series":
-        mask = np.ones_like(values)
-        mask[1] = 0.0
-        inputs["mask"] = mask
-    elif case == "nan_observed":
-        inputs["values"] = values.copy()
-        inputs["values"][2, 3, 0] = np.nan
-    elif case == "query_batch":
-        inputs["query_times"] = np.tile(np.linspace(0, 1, 4, dtype="float32"), (2, 1))
-    elif case == "query_rank":
-        inputs["query_times"] = np.zeros((3, 2, 1), "float32")
-    elif case == "query_negative":
-        inputs["query_times"] = np.array([-0.5, 1.0], "float32")
-    elif case == "obs_dim":
-        inputs["values"] = np.concatenate([values, values[..., :1]], axis=-1)  # D = 3, model has obs_dim 2
-    elif case == "not_a_dict":
-        inputs = values
-    return inputs
-
-
 @pytest.mark.parametrize("kind", ["gru", "ode_rnn"])
-@pytest.mark.parametrize(
-    "case, match",
-    [
-        ("times_length", "times"),
-        ("times_batch", "times has batch"),
-        ("times_rank", "times"),
-        ("values_rank", "values"),
-        ("mask_shape", "mask"),
-        ("decreasing_times", "times must be non-decreasing"),
-        ("negative_times", "times must be finite and >= 0"),
-        ("empty_series", r"series \[1\] have no observed point"),
-        ("nan_observed", "NaN.*observed"),
-        ("query_batch", "query_times has batch 2"),
-        ("query_rank", "query_times must be"),
-        ("query_negative", "query_times must be finite and >= 0"),
-        ("obs_dim", "obs_dim = 2"),
-        ("not_a_dict", "inputs must be a dict"),
-    ],
-)
+@pytest.mark.parametrize("case, match", BAD_INPUT_CASES)
 def test_bad_batch_raises_naming_the_argument(models, kind, case, match):
     with pytest.raises(ValueError, match=match):
-        models[kind](_bad_inputs(case))
+        models[kind](bad_inputs(case))
 
 
 @pytest.mark.parametrize("cls", [ODERNN, GRUBaseline])
