@@ -54,7 +54,7 @@ against the Keras model.
 
 Run (from the repository root):
     PYTHONPATH=. python examples/latent_ode_spirals.py --quick      # smoke run, ~95 s of CPU
-    PYTHONPATH=. python examples/latent_ode_spirals.py --epochs 60  # ~12 min of CPU, 27 min wall on a loaded 2-core box
+    PYTHONPATH=. python examples/latent_ode_spirals.py --epochs 200 --cosine  # the reported run: ~47 min wall on 2 cores
     PYTHONPATH=. python examples/latent_ode_spirals.py --n-obs 30 --epochs 300
 
 Measured numbers, commands and timings: ``examples/RESULTS_latent_ode_spirals.md``.
