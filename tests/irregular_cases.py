@@ -71,3 +71,23 @@ def bad_inputs(case):
     else:
         raise ValueError(f"unknown case {case!r}")
     return inputs
+
+
+def ragged_batch(series_times, query, seed=3):
+    """Series of different lengths padded into one batch (repeat the last time, mask 0).
+
+    Args:
+        series_times: list of ``[T_i]`` float32 arrays.
+        query: ``[B, Q]`` query times.
+
+    Returns:
+        ``(series_times, series_values, times [B, T], values [B, T, 2], mask [B, T, 2], query)``.
+    """
+    rng = np.random.default_rng(seed)
+    series_values = [rng.normal(size=(len(t), 2)).astype("float32") for t in series_times]
+    length = max(len(t) for t in series_times)
+    times = np.stack([np.pad(t, (0, length - len(t)), mode="edge") for t in series_times])
+    values = np.stack([np.pad(v, ((0, length - len(v)), (0, 0))) for v in series_values])
+    mask = np.stack([(np.arange(length) < len(t)).astype("float32") for t in series_times])
+    mask = np.repeat(mask[:, :, None], 2, axis=2)
+    return series_times, series_values, times, values, mask, np.asarray(query, "float32")

@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from irregular_cases import BAD_INPUT_CASES, bad_inputs, random_batch  # noqa: E402
+from irregular_cases import BAD_INPUT_CASES, bad_inputs, ragged_batch, random_batch  # noqa: E402
 
 import tfode  # noqa: E402
 from tfode.models._latent_ode import masked_gaussian_log_likelihood  # noqa: E402
@@ -119,20 +119,12 @@ def test_masked_values_change_nothing(models, kind):
 
 def _ragged_batch():
     """Three series with different times and lengths; padded batch and each series alone."""
-    rng = np.random.default_rng(3)
     series_times = [
         np.array([0.0, 0.5, 0.9], "float32"),
         np.array([0.1, 0.8], "float32"),
         np.array([0.4, 0.6, 0.6], "float32"),  # a repeated time
     ]
-    series_values = [rng.normal(size=(len(t), 2)).astype("float32") for t in series_times]
-    length = max(len(t) for t in series_times)
-    times = np.stack([np.pad(t, (0, length - len(t)), mode="edge") for t in series_times])
-    values = np.stack([np.pad(v, ((0, length - len(v)), (0, 0))) for v in series_values])
-    mask = np.stack([(np.arange(length) < len(t)).astype("float32") for t in series_times])
-    mask = np.repeat(mask[:, :, None], 2, axis=2)
-    query = np.array([[0.0, 0.7, 2.0], [0.5, 0.8, 1.0], [0.6, 1.5, 0.2]], "float32")
-    return series_times, series_values, times, values, mask, query
+    return ragged_batch(series_times, np.array([[0.0, 0.7, 2.0], [0.5, 0.8, 1.0], [0.6, 1.5, 0.2]], "float32"))
 
 
 @pytest.mark.parametrize("kind", KINDS)
