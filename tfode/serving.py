@@ -57,16 +57,9 @@ def _variables_module(model):
     """
     module = tf.Module()
     module.serving_variables = [getattr(v, "value", v) for v in model.variables]
-    # Stateful random generators (Hutchinson noise) hold a state variable outside Keras.
-    module.random_generators = [
-        g for g in (getattr(b, "_noise_generator", None) for b in _bijectors(model)) if g is not None
-    ]
+    # A flow's Hutchinson-noise generator holds a state variable outside Keras.
+    module.random_generator = getattr(getattr(model, "bijector", None), "_noise_generator", None)
     return module
-
-
-def _bijectors(model):
-    bijector = getattr(model, "bijector", None)
-    return [bijector] if bijector is not None else []
 
 
 def _latent_module(model):
@@ -80,10 +73,10 @@ def _latent_module(model):
     ]
 
     def predict(times, values, mask, query):
-        mean, nfe = model.predict_mean(times, values, mask, query)
+        mean, nfe, z0 = model._predict_from_posterior_mean(times, values, mask, query)
         outputs = {"mean": mean, "num_fn_evals": nfe}
         if model.classifier is not None:
-            outputs["logits"] = model.classifier(model.encoder(times, values, mask)[0])
+            outputs["logits"] = model.classifier(z0)
         return outputs
 
     @tf.function(input_signature=specs, jit_compile=False, autograph=False)

@@ -59,7 +59,7 @@ def unpack_inputs(inputs, obs_dim):
 
     Everything is cast to the values' float dtype. Eagerly the whole batch is
     checked (``check_batch``, finite non-negative query times); in a graph,
-    the static shapes.
+    the static shapes and, at run time, the query batch size.
 
     Raises:
         ValueError: naming the offending argument.
@@ -91,6 +91,12 @@ def unpack_inputs(inputs, obs_dim):
         check_batch(times.numpy(), values.numpy(), mask.numpy())
         if query is not None and (not np.all(np.isfinite(query.numpy())) or np.any(query.numpy() < 0)):
             raise ValueError("query_times must be finite and >= 0 (the state starts at t = 0).")
+    elif query is not None and query.shape.rank == 2:
+        check = tf.debugging.assert_equal(
+            tf.shape(query)[0], tf.shape(values)[0], message="query_times and values must have the same batch size"
+        )
+        with tf.control_dependencies([check]):
+            query = tf.identity(query)
     return times, values, mask, query
 
 

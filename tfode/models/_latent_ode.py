@@ -217,15 +217,8 @@ class LatentODE(keras.Model):
         times, values, mask, query = unpack_inputs(inputs, self.obs_dim)
         if query is None:
             return times, values, mask, times
-        if tf.executing_eagerly():
-            if np.any(np.diff(query.numpy(), axis=-1) < 0):
-                raise ValueError("query_times must be non-decreasing within each series.")
-        elif query.shape.rank == 2:
-            with tf.control_dependencies(
-                [tf.debugging.assert_equal(tf.shape(query)[0], tf.shape(values)[0],
-                                           message="query_times and values must have the same batch size")]
-            ):  # fmt: skip
-                query = tf.identity(query)
+        if tf.executing_eagerly() and np.any(np.diff(query.numpy(), axis=-1) < 0):
+            raise ValueError("query_times must be non-decreasing within each series.")
         return times, values, mask, query
 
     def encode(self, inputs):
@@ -268,9 +261,14 @@ class LatentODE(keras.Model):
         Returns:
             ``(mean [B, Q, D], num_fn_evals)`` of the latent solve.
         """
-        mean, _ = self.encoder(times, values, mask)
-        zs, stats = self._solve_latent(mean, query_times)
-        return self.decoder(zs), stats.num_fn_evals
+        predicted, num_fn_evals, _ = self._predict_from_posterior_mean(times, values, mask, query_times)
+        return predicted, num_fn_evals
+
+    def _predict_from_posterior_mean(self, times, values, mask, query_times):
+        """``(mean [B, Q, D], num_fn_evals, z0 [B, L])`` from one encoder run and one latent solve."""
+        z0, _ = self.encoder(times, values, mask)
+        zs, stats = self._solve_latent(z0, query_times)
+        return self.decoder(zs), stats.num_fn_evals, z0
 
     def classify(self, inputs):
         """Class logits ``[B, C]`` from the posterior mean of ``z0`` (needs ``num_classes``)."""
