@@ -39,7 +39,7 @@ try:  # stop outer tapes from recording the forward loop (eager and graph)
 except ImportError:  # pragma: no cover - older TF layouts
     from tensorflow.python.eager.tape import stop_recording as _stop_recording
 
-__all__ = ["AdjointConfig", "BackwardStats", "adjoint_integrate"]
+__all__ = ["AdjointConfig", "BackwardStats", "adjoint_integrate", "record_stats"]
 
 
 class AdjointConfig(NamedTuple):
@@ -87,9 +87,9 @@ class BackwardStats(tf.Module):
             self.status = tf.Variable(0, dtype=tf.int32, trainable=False, name="status")
 
 
-def _record(recorder, stats):
-    """Assign the backward counters to whichever of ``num_fn_evals``,
-    ``num_steps``, ``status`` the recorder has (variables, any dtype)."""
+def record_stats(recorder, stats):
+    """Assign a solve's counters to whichever of ``num_fn_evals``, ``num_steps``,
+    ``status`` the recorder has (variables, any dtype); returns the assign ops."""
     updates = []
     for field in ("num_fn_evals", "num_steps", "status"):
         target = getattr(recorder, field, None)
@@ -152,7 +152,7 @@ def adjoint_integrate(
             )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
             if backward_stats is not None:
-                updates = _record(backward_stats, bstats)
+                updates = record_stats(backward_stats, bstats)
                 with tf.control_dependencies(updates):
                     grads = [tf.identity(g) for g in grads]
             if config.raise_on_failure:

@@ -32,7 +32,7 @@ from tensorflow_probability.python.internal import cache_util
 
 from tfode._overrides import current_tolerances, record_fn_evals
 from tfode._xla import in_xla_context
-from tfode.adjoint import _record
+from tfode.adjoint import record_stats
 from tfode.solvers import solve
 
 __all__ = ["ContinuousFlowBijector"]
@@ -331,7 +331,7 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         if tolerances is not None:
             solver["rtol"], solver["atol"] = tolerances
         solution = solve(dynamics, state, times, backward_stats=self._backward_stats, **solver)
-        _record(self._solve_stats, solution.stats)
+        record_stats(self._solve_stats, solution.stats)
         record_fn_evals(solution.stats.num_fn_evals)
         final = tf.nest.map_structure(lambda x: x[-1], solution.ys)
         regularization = {}
