@@ -36,7 +36,7 @@ Columns:
     fwd NFE: evaluations of f in the forward solve (solver statistics; diffrax:
         counted by a jax.debug.callback in a separate untimed run).
     bwd NFE: evaluations of the augmented dynamics (one f and one vector-Jacobian
-        product each) in the backward solve. tfode: tfode.BackwardStats;
+        product each) in the backward solve. tfode: tfode.SolveStats;
         TFP (not in its diagnostics): calls of ode_fn counted by a tf.Variable
         in a separate untimed run, minus fwd NFE; torchdiffeq: a counter in the
         module; diffrax: callback count of value_and_grad minus fwd NFE (for
@@ -240,7 +240,7 @@ def worker_tf(args, frameworks):
 
         if tfode is not None:
             for variant in IMPLS_OF["tfode"]:
-                bs = tfode.BackwardStats() if variant != "tfode-direct" else None
+                bs = tfode.SolveStats() if variant != "tfode-direct" else None
                 bstats[variant] = bs
                 grad_fns[variant] = make_tfode(variant, field, bs)
 
@@ -291,7 +291,7 @@ def worker_tf(args, frameworks):
             if tfp is not None:
                 todo.append(("tfp-xla", make_tfp(counted_field)))
             if tfode is not None:
-                semi = make_tfode("tfode-adjoint-semi", counted_field, tfode.BackwardStats())
+                semi = make_tfode("tfode-adjoint-semi", counted_field, tfode.SolveStats())
                 todo.append(("tfode-adjoint-semi", semi))
             for name, fn in todo:
                 counter.assign(0)

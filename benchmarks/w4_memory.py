@@ -30,7 +30,7 @@ Measurements per process:
     call +MB      peak VmRSS sampled every ~1 ms by a thread during the measured
                   call, minus VmRSS just before it (memory the call itself adds).
     fwd/bwd NFE   forward evaluations of f; backward evaluations of the
-                  augmented dynamics (tfode.BackwardStats; "-" for direct).
+                  augmented dynamics (tfode.SolveStats; "-" for direct).
     call s        wall time of the measured call.
     grad diff     ||g - g_direct|| / ||g_direct|| vs tfode-direct-graph (else
                   tfode-direct) at the same T: backpropagation through the
@@ -110,7 +110,7 @@ def worker(args):
     b2 = tf.Variable(data["b2"])
     V = [W1T, b1, W2T, b2]
     y0 = tf.constant(data["y0"])
-    bs = tfode.BackwardStats()
+    bs = tfode.SolveStats()
 
     def field(t, y):
         return tf.matmul(tf.tanh(tf.matmul(y, W1T) + b1), W2T) + b2 - y

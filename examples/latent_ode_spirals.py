@@ -54,7 +54,7 @@ against the Keras model.
 
 Run (from the repository root):
     PYTHONPATH=. python examples/latent_ode_spirals.py --quick      # smoke run, ~95 s of CPU
-    PYTHONPATH=. python examples/latent_ode_spirals.py --epochs 200 --cosine  # the reported run: ~47 min wall on 2 cores
+    PYTHONPATH=. python examples/latent_ode_spirals.py --epochs 200 --cosine  # reported run: ~47 min on 2 cores
     PYTHONPATH=. python examples/latent_ode_spirals.py --n-obs 30 --epochs 300
 
 Measured numbers, commands and timings: ``examples/RESULTS_latent_ode_spirals.md``.
@@ -308,7 +308,7 @@ def export_latent(model, times, test, mask, path):
         seconds = time.perf_counter() - start
         reloaded = tf.saved_model.load(version_dir)  # keep a reference: a temporary would free its variables
         served = reloaded.signatures["serving_default"](**request)
-        expected, _ = model.predict_mean(*request.values())
+        expected = model.serving_outputs(*request.values())["mean"]
         difference = float(np.max(np.abs(served["mean"].numpy() - expected.numpy())))
     except Exception as error:  # report whatever fails, precisely
         traceback.print_exc()

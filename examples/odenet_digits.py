@@ -57,6 +57,12 @@ SWEEP_TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 # ---------------------------------------------------------------------------
 
 
+def _last_nfe(history, suffix):
+    """The last value of the ODELayer metric ending in ``suffix`` (named ``<layer>_nfe_*``)."""
+    (key,) = [k for k in history if k.endswith("_" + suffix)]
+    return float(history[key][-1])
+
+
 def load_data(mnist_path, seed):
     """Returns ``(x_train, y_train, x_test, y_test)``, images ``[n, h, w, 1]`` float32 in [0, 1]."""
     if mnist_path:
@@ -182,8 +188,8 @@ def train_and_measure(kind, data, args):
         "first_epoch_s": timer.times[0],
         "later_epoch_s": float(np.mean(timer.times[1:])) if len(timer.times) > 1 else float("nan"),
         "final_loss": float(history.history["loss"][-1]),
-        "nfe_forward": float(history.history["nfe_forward"][-1]) if kind != "resnet" else None,
-        "nfe_backward": float(history.history["nfe_backward"][-1]) if kind == "odenet" else None,
+        "nfe_forward": _last_nfe(history.history, "nfe_forward") if kind != "resnet" else None,
+        "nfe_backward": _last_nfe(history.history, "nfe_backward") if kind == "odenet" else None,
     }
     if kind == "odenet":
         result["sweep"] = tolerance_sweep(model, x_test, y_test, args.eval_batch_size)

@@ -383,7 +383,7 @@ def test_seminorm_matches_full_norm_with_no_more_backward_evaluations():
     loss = multi_time_loss(loss_weights(2, 2, seed=6))
     out = {}
     for norm in ("seminorm", "full"):
-        stats = tfode.BackwardStats()
+        stats = tfode.SolveStats()
         grads = tape_gradients(
             mlp, y0, t, loss, mlp.params, rtol=1e-6, atol=1e-9, adjoint=True, adjoint_norm=norm, backward_stats=stats
         )
@@ -563,7 +563,7 @@ def _both_gradients(y0, t, stats, xla):
 
 @functools.cache
 def eager_graph_reference():
-    stats = tfode.BackwardStats()
+    stats = tfode.SolveStats()
     grads = _both_gradients(tf.constant(GRAPH_Y0), tf.constant(GRAPH_T), stats, xla=False)
     return [[g.numpy() for g in mode] for mode in grads], int(stats.num_fn_evals)
 
@@ -571,7 +571,7 @@ def eager_graph_reference():
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["tf_function", "xla"])
 def test_gradients_in_tf_function_and_xla_equal_eager(jit_compile):
     eager, eager_nfe = eager_graph_reference()
-    stats = tfode.BackwardStats()
+    stats = tfode.SolveStats()
     compiled = tf.function(lambda a, b: _both_gradients(a, b, stats, xla=jit_compile), jit_compile=jit_compile)
     result = compiled(tf.constant(GRAPH_Y0), tf.constant(GRAPH_T))
     # The backward pass ran inside the graph and filled the variables.
@@ -617,7 +617,7 @@ def test_adjoint_forward_is_not_recorded_on_outer_tape(adjoint):
 
 
 def test_backward_failure_raises_integration_error_eagerly():
-    stats = tfode.BackwardStats()
+    stats = tfode.SolveStats()
     y0 = tf.constant([0.6, -0.4], F64)
     with tf.GradientTape() as tape:
         tape.watch(y0)

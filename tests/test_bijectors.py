@@ -311,7 +311,7 @@ def _kinetic_energy(a, y, t0, t1, nodes=40):
 
 def test_regularization_closed_forms():
     a, t0, t1 = A3, 0.0, 1.5
-    flow = ContinuousFlowBijector(_linear(a), t0, t1, rtol=1e-10, atol=1e-10, regularize=True)
+    flow = ContinuousFlowBijector(_linear(a), t0, t1, rtol=1e-10, atol=1e-10)
     y = _points(5, 3, seed=8)
     x, ildj, terms = flow.inverse_and_regularization(y)
     assert set(terms) == {"kinetic_energy", "jacobian_frobenius"}
@@ -344,11 +344,10 @@ def solve_sizes(monkeypatch):
 
 
 def test_rnode_channels_only_when_asked(solve_sizes):
-    # (z, log-det) is 2 leaves, with RNODE's kinetic and Frobenius channels 4. The legacy
-    # regularize=True once made every solve carry 4 leaves; now only *_and_regularization do,
-    # and they work on any bijector.
+    # (z, log-det) is 2 leaves, with RNODE's kinetic and Frobenius channels 4: only
+    # *_and_regularization carry them.
     y = _points(5, 2, seed=8)
-    legacy = ContinuousFlowBijector(_linear(A2), regularize=True)
+    legacy = ContinuousFlowBijector(_linear(A2))
     dist = _distribution(legacy, 2)
     dist.log_prob(y)
     legacy.forward(y)
@@ -376,7 +375,7 @@ def test_solver_stats_under_tf_function():
     # (one field call each) num_fn_evals times; the adjoint's backward count is its
     # augmented evaluations plus one field call per output time, again one field call each.
     field = _MLP(2, seed=9)
-    backward = tfode.BackwardStats()  # a user-supplied recorder
+    backward = tfode.SolveStats()  # a user-supplied recorder
     flow = ContinuousFlowBijector(field, rtol=1e-6, atol=1e-6, backward_stats=backward)
     assert flow.backward_stats is backward
     dist = _distribution(flow, 2)
@@ -408,20 +407,37 @@ def test_solver_stats_under_tf_function():
     assert int(backward.num_fn_evals) == backward_evals
 
 
-def test_solver_tolerances_apply_to_eager_calls():
-    # Eager solves run as a traced function; a tfode.solver_tolerances block must reach it
-    # (as tensor arguments) even after it was traced with the bijector's own tolerances.
+def test_per_call_solver_applies_to_eager_calls():
+    # A SolverConfig passed per call reaches the solve, also after calls with the bijector's own.
     field = _MLP(2, seed=13, gain=1.5)
     flow = ContinuousFlowBijector(field, rtol=1e-3, atol=1e-3)
     x = _points(4, 2, seed=14)
     loose = flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1)
     loose_nfe = int(flow.solve_stats.num_fn_evals)
-    with tfode.solver_tolerances(1e-10, 1e-10):
-        tight = flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1)
+    _, tight = flow.forward_and_log_det(x, solver=flow.solver.replace(rtol=1e-10, atol=1e-10))
     assert int(flow.solve_stats.num_fn_evals) > 3 * loose_nfe
     reference = ContinuousFlowBijector(field, rtol=1e-10, atol=1e-10).forward_log_det_jacobian(x, event_ndims=1)
     np.testing.assert_allclose(tight, reference, rtol=0, atol=1e-12)  # same solver, same settings
     assert np.abs(loose - reference).max() > 1e-8  # the loose solve really was loose
+
+
+def test_eager_adjoint_flow_with_a_field_that_opens_its_own_tape():
+    """Regression (issue 12, bug 2): eagerly, the adjoint must not stop tapes the field opens.
+
+    The exact trace opens a tape inside the dynamics; without the old private cached
+    functions the eager adjoint forward runs as one traced call, unseen by outer tapes.
+    """
+    field = _MLP(2, seed=3, gain=1.0)
+    flow = ContinuousFlowBijector(field, rtol=1e-7, atol=1e-7)
+    direct = ContinuousFlowBijector(field, rtol=1e-7, atol=1e-7, adjoint=False)
+    x = _points(6, 2, seed=4)
+    grads = []
+    for bijector in (flow, direct):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(bijector.inverse_log_det_jacobian(tf.identity(x), event_ndims=1))
+        grads.append(tape.gradient(value, field.trainable_variables))
+    for adjoint_grad, direct_grad in zip(*grads):
+        np.testing.assert_allclose(adjoint_grad.numpy(), direct_grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- #

@@ -219,7 +219,8 @@ def test_mirrored_step_matches_single_device(mirrored, gradients):
     assert max(v for p, v in result["weight_change"].items() if p in layer) > 1e-2
     assert max(layer.values()) < 1e-5
     assert result["max_weight_diff"] < 1e-5  # the head too
-    assert result["history"]["nfe_forward"] == 17.0  # 4 rk4 steps + the initial evaluation
+    # 4 rk4 steps + the initial evaluation; metrics are named per layer.
+    assert result["history"]["adjoint_nfe_forward"] == result["history"]["direct_nfe_forward"] == 17.0
 
 
 def test_mirrored_nfe_metrics_are_replica_means(mirrored):
@@ -227,8 +228,8 @@ def test_mirrored_nfe_metrics_are_replica_means(mirrored):
     (forward_0, backward_0), (forward_1, backward_1) = result["replica_nfe"]
     # The halves need different numbers of dopri5 steps, so mean, sum and first replica all differ.
     assert forward_0 != forward_1 and backward_0 != backward_1
-    assert result["history"]["nfe_forward"] == (forward_0 + forward_1) / 2
-    assert result["history"]["nfe_backward"] == (backward_0 + backward_1) / 2
+    assert result["history"]["ode_nfe_forward"] == (forward_0 + forward_1) / 2
+    assert result["history"]["ode_nfe_backward"] == (backward_0 + backward_1) / 2
     # Adaptive steps are chosen per replica (the error norm is over the local batch), so
     # the step matches the single-device one to the solver tolerance (1e-6), not round-off.
     assert result["max_weight_diff"] < 1e-4
@@ -306,7 +307,8 @@ def _mirrored_checks(out):
             blocks = [tfode.ODELayer(tfode.layers.TimeMLP(hidden=(8,)), adjoint=adjoint, name=name, **solver)
                       for adjoint, name in ((True, "adjoint"), (False, "direct"))]  # fmt: skip
         else:
-            blocks = [tfode.ODELayer(tfode.layers.TimeMLP(hidden=(8,)), method=method, rtol=1e-6, atol=1e-6)]
+            blocks = [tfode.ODELayer(tfode.layers.TimeMLP(hidden=(8,)), method=method, rtol=1e-6, atol=1e-6,
+                                     name="ode")]  # fmt: skip
         return keras.Sequential([keras.Input((3,)), *blocks, keras.layers.Dense(2)])
 
     def eager_step(model, xs, ys, scale=1.0):

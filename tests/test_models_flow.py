@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -116,28 +114,6 @@ def test_save_and_load(trained, data, tmp_path):
     # (through JSON: the saved build shapes come back as lists)
     assert loaded.get_config() == json.loads(json.dumps(model.get_config()))
     np.testing.assert_allclose(loaded.log_prob(test), model.log_prob(test), rtol=1e-6, atol=1e-6)
-
-
-def test_loads_files_saved_without_nfe_counters(trained, data, tmp_path):
-    # Files saved before the model owned its NFE counters hold no variables of its own:
-    # they still load (counters start at 0). Simulated by deleting them from a new file.
-    model, *_ = trained
-    _, test = data
-    path, legacy, weights_path = tmp_path / "flow.keras", tmp_path / "legacy.keras", tmp_path / "model.weights.h5"
-    model.save(str(path))
-    with zipfile.ZipFile(path) as src:
-        weights_path.write_bytes(src.read("model.weights.h5"))
-        with h5py.File(weights_path, "r+") as weights:
-            assert sorted(weights["vars"]) == ["0", "1"]  # the model's own variables: the two counters
-            for key in list(weights["vars"]):
-                del weights["vars"][key]
-        with zipfile.ZipFile(legacy, "w") as dst:
-            for item in src.namelist():
-                data_bytes = weights_path.read_bytes() if item == "model.weights.h5" else src.read(item)
-                dst.writestr(item, data_bytes)
-    loaded = keras.models.load_model(str(legacy))
-    np.testing.assert_allclose(loaded.log_prob(test), model.log_prob(test), rtol=1e-6, atol=1e-6)
-    assert float(loaded.num_fn_evals_backward) == 0.0
 
 
 def test_config_round_trip():

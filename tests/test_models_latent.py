@@ -313,13 +313,14 @@ def _linear_tanh_field():
 # Per-series times with repeats, a query at t = 0 and shared entries across series.
 SERIES_TIMES = np.array([[0.2, 0.5, 0.5, 1.0], [0.0, 0.3, 0.9, 0.9], [0.1, 0.1, 0.1, 0.7]])
 SOLVER = dict(rtol=1e-8, atol=1e-10)
+CONFIG = tfode.SolverConfig(**SOLVER)
 
 
 def test_solve_at_series_times_matches_each_series_alone():
     func, _ = _linear_tanh_field()
     z0 = tf.constant(np.random.default_rng(9).normal(size=(3, 2)))
     # Graph mode (no AutoGraph: tfode's loops are explicit): eager solves at 1e-9 take seconds each.
-    solve = tf.function(lambda times: solve_at_series_times(func, z0, times, **SOLVER)[0], autograph=False)
+    solve = tf.function(lambda times: solve_at_series_times(func, z0, times, CONFIG)[0], autograph=False)
     zs = solve(tf.constant(SERIES_TIMES))
     assert tuple(zs.shape) == (3, 4, 2)
     odeint = tf.function(lambda y0, t: tfode.odeint(func, y0, t, **SOLVER), autograph=False)
@@ -339,7 +340,7 @@ def test_solve_at_series_times_adjoint_gradients_match_backprop():
 
     def gradients(adjoint):
         with tf.GradientTape() as tape:
-            zs, _ = solve_at_series_times(func, z0, tf.constant(SERIES_TIMES), adjoint=adjoint, **SOLVER)
+            zs, _ = solve_at_series_times(func, z0, tf.constant(SERIES_TIMES), CONFIG.replace(adjoint=adjoint))
             loss = tf.reduce_sum(zs * cotangent)
         return tape.gradient(loss, [z0, *variables])
 
@@ -442,15 +443,13 @@ def test_query_times_must_be_non_decreasing(models):
         models["rnn"]({"times": times, "values": values, "query_times": np.array([0.0, 2.0, 1.0], "float32")})
 
 
-def test_ode_rnn_encoder_follows_serving_tolerance_override(models):
-    """``solver_tolerances`` (the serving knob) reaches the ODE-RNN encoder's solves too."""
-    from tfode._overrides import solver_tolerances
-
+def test_ode_rnn_encoder_follows_per_call_tolerances(models):
+    """A per-call solver (the serving knob) hands its tolerances to the ODE-RNN encoder's solves too."""
     times, values = random_batch(1, 3, seed=15)
     inputs = {"times": times * 3.0, "values": values}
-    reference = models["ode_rnn"].encode(inputs)[0]
-    with solver_tolerances(0.5, 0.5):
-        loose = models["ode_rnn"].encode(inputs)[0]
+    model = models["ode_rnn"]
+    reference = model.encode(inputs)[0]
+    loose = model.encode(inputs, solver=model.solver.replace(rtol=0.5, atol=0.5))[0]
     assert not np.allclose(loose, reference, rtol=0, atol=1e-7)
 
 
@@ -470,13 +469,13 @@ def test_poisson_log_likelihood_constant_rate_closed_form():
     kernel, bias = model.log_rate.get_weights()
     model.log_rate.set_weights([np.zeros_like(kernel), np.full_like(bias, c)])
     z0 = tf.constant(np.random.default_rng(0).normal(size=(2, 3)), tf.float32)
-    zs, log_rate, integrated, _ = model._solve_with_intensity(z0, tf.constant(times))
+    zs, log_rate, integrated, _ = model._solve_with_intensity(z0, tf.constant(times), model.solver)
     np.testing.assert_allclose(integrated, np.exp(c) * times[:, -1:].repeat(2, axis=1), rtol=1e-5)
     got = tfode.models.poisson_process_log_likelihood(log_rate, integrated, tf.constant(mask))
     expected = mask.sum(axis=(1, 2)) * c - 2 * np.exp(c) * times[:, -1]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # The latent path of the augmented solve is the plain latent solve.
-    np.testing.assert_allclose(zs, model._solve_latent(z0, tf.constant(times))[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(zs, model._solve_latent(z0, tf.constant(times), model.solver)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_poisson_model_trains_one_step():

@@ -133,13 +133,13 @@ class Export:
     def reference(self, inputs):
         """serving_default outputs computed by the Python model (fresh exports only)."""
         if isinstance(self.model, tfode.models.LatentODE):
-            mean, nfe = self.model.predict_mean(*(tf.constant(inputs[k]) for k in (
+            outputs = self.model.serving_outputs(*(tf.constant(inputs[k]) for k in (
                 "observed_times", "observed_values", "observed_mask", "query_times")))  # fmt: skip
-            return {"mean": mean.numpy(), "num_fn_evals": int(nfe)}
+            return {"mean": outputs["mean"].numpy(), "num_fn_evals": int(outputs["num_fn_evals"])}
         if isinstance(self.model, tfode.models.ContinuousFlow):
             return {"log_prob": self.model(tf.constant(inputs["x"]), training=False).numpy()}
         outputs = self.model(tf.constant(inputs["inputs"]), training=False).numpy()
-        layers = [layer for layer in self.model._flatten_layers() if isinstance(layer, tfode.ODELayer)]
+        layers = [layer for layer in self.model.layers if isinstance(layer, tfode.ODELayer)]
         return {"outputs": outputs, "num_fn_evals": sum(int(layer.num_fn_evals_forward) for layer in layers)}
 
 
@@ -784,3 +784,30 @@ def test_latent_ode_with_ode_rnn_encoder_and_classifier(tmp_path):
     loose = signatures["predict_with_tolerance"](**request, rtol=tf.constant(0.5), atol=tf.constant(0.5))
     assert int(loose["num_fn_evals"]) < int(served["num_fn_evals"])
     assert not np.allclose(loose["logits"], served["logits"], rtol=0, atol=1e-7)  # the encoder's solves too
+
+
+@pytest.mark.parametrize("name", ["odenet", "latent_ode", "cnf"])
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-6])
+def test_served_tolerance_matches_in_process_call(name, tolerance, fresh, loaded):
+    """``predict_with_tolerance`` equals the Python model called with the same explicit SolverConfig."""
+    export = fresh[name]
+    signature = loaded(export.path).signatures["predict_with_tolerance"]
+    inputs = _signature_inputs(_structured_spec(loaded(export.path), "predict_with_tolerance"), seed=3)
+    inputs["rtol"] = inputs["atol"] = np.float32(tolerance)
+    served = {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+    model, rtol, atol = export.model, tf.constant(inputs["rtol"]), tf.constant(inputs["atol"])
+    if name == "latent_ode":
+        args = [tf.constant(inputs[k]) for k in ("observed_times", "observed_values", "observed_mask", "query_times")]
+        expected = model.serving_outputs(*args, solver=model.solver.replace(rtol=rtol, atol=atol))
+        np.testing.assert_allclose(served["mean"], expected["mean"].numpy(), rtol=0, atol=1e-6)
+        assert int(served["num_fn_evals"]) == int(expected["num_fn_evals"])
+    elif name == "cnf":
+        expected = model(tf.constant(inputs["x"]), training=False, solver=model.solver.replace(rtol=rtol, atol=atol))
+        np.testing.assert_allclose(served["log_prob"], expected.numpy(), rtol=0, atol=1e-6)
+    else:
+        layer = next(layer for layer in model.layers if isinstance(layer, tfode.ODELayer))
+        x = tf.constant(inputs["inputs"])
+        for other in model.layers[: model.layers.index(layer)]:
+            x = other(x) if not isinstance(other, keras.layers.InputLayer) else x
+        layer(x, training=False, solver=layer.solver.replace(rtol=rtol, atol=atol))
+        assert int(served["num_fn_evals"]) == int(layer.last_solve_stats.num_fn_evals)

@@ -50,11 +50,12 @@ def expand_tolerance(tol, structure):
     return expand(tol)
 
 
-def solve_complex(solve, func, y0, t, rtol, atol, **kwargs):
+def solve_complex(solve, func, y0, t, config, **kwargs):
     """``solve`` (``tfode.solve``) on the real view of complex ``y0``; the solution back as complex.
 
     ``func(t, z, *args)`` receives and returns complex leaves (its outputs are
-    cast to the state's complex dtype).
+    cast to the state's complex dtype); ``config`` is the ``SolverConfig``, whose
+    tolerances gain the trailing axis.
 
     Raises:
         TypeError: when complex and real leaves are mixed, or leaf dtypes differ.
@@ -72,12 +73,9 @@ def solve_complex(solve, func, y0, t, rtol, atol, **kwargs):
         return tf.nest.map_structure(lambda d: _to_real(tf.cast(d, complex_dtype)), dz)
 
     real_y0 = tf.nest.pack_sequence_as(structure, [_to_real(leaf) for leaf in leaves])
-    solution = solve(
-        real_func,
-        real_y0,
-        t,
-        rtol=expand_tolerance(rtol, structure),
-        atol=expand_tolerance(atol, structure),
-        **kwargs,
-    )
+    expanded = {
+        name: expand_tolerance(getattr(config, name), structure)
+        for name in ("rtol", "atol", "adjoint_rtol", "adjoint_atol")
+    }
+    solution = solve(real_func, real_y0, t, config.replace(**expanded), **kwargs)
     return Solution(ts=solution.ts, ys=tf.nest.map_structure(_to_complex, solution.ys), stats=solution.stats)

@@ -118,6 +118,47 @@ def as_times(t, state_dtype, allow_repeats=False):
     return t, finite & monotone
 
 
+def as_sample_times(t, leaves):
+    """Output times of a per-sample solve: ``[N]`` (shared) or ``[B, N]``, each row monotone.
+
+    Rows may repeat times (padding repeats a series' last time). Returns ``(t [B, N], valid)``
+    with ``valid`` ``None`` (checked here) or a ``[B]`` bool tensor to check in-graph.
+
+    Raises:
+        ValueError: a leaf without a batch axis, batch sizes that differ, ``t`` of another
+            rank or batch, non-finite or non-monotone rows.
+    """
+    for leaf in leaves:
+        if leaf.shape.rank is not None and leaf.shape.rank < 1:
+            raise ValueError("batch_axis=0 needs every leaf of y0 to have a leading batch axis, got a scalar.")
+    sizes = {leaf.shape[0] for leaf in leaves if leaf.shape[0] is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"batch_axis=0: the leaves of y0 have different batch sizes {sorted(sizes)}.")
+    dtype = time_dtype(t, leaves[0].dtype)
+    t = tf.cast(tf.convert_to_tensor(t), dtype) if not _is_integer_like(t) else tf.cast(t, dtype)
+    batch = tf.shape(leaves[0])[0]
+    if t.shape.rank == 1:
+        t = tf.broadcast_to(t[None], tf.stack([batch, tf.shape(t)[0]]))
+    elif t.shape.rank != 2:
+        raise ValueError(f"per-sample t must be [N] or [B, N], got shape {t.shape}.")
+    if t.shape[1] == 0:
+        raise ValueError("t must hold at least one time, got shape [B, 0].")
+    if sizes and t.shape[0] is not None and t.shape[0] != next(iter(sizes)):
+        raise ValueError(f"t has {t.shape[0]} rows but y0 has a batch of {next(iter(sizes))}.")
+    values = _static_value(t)
+    if values is not None:
+        if not np.all(np.isfinite(values)):
+            raise ValueError("t must be finite.")
+        diffs = np.diff(values, axis=1)
+        bad = ~(np.all(diffs >= 0, axis=1) | np.all(diffs <= 0, axis=1))
+        if np.any(bad):
+            raise ValueError(f"each row of t must be monotone (repeats allowed); rows {np.flatnonzero(bad)} are not.")
+        return t, None
+    diffs = t[:, 1:] - t[:, :-1]
+    monotone = tf.reduce_all(diffs >= 0, axis=1) | tf.reduce_all(diffs <= 0, axis=1)
+    return t, tf.reduce_all(tf.math.is_finite(t), axis=1) & monotone
+
+
 def as_tolerance(name, value, leaves, structure):
     """Convert ``rtol``/``atol`` into one tensor per leaf (norm dtype).
 
@@ -176,11 +217,14 @@ def positive_scalar_option(name, value, dtype, allow_zero=False):
 
 
 def all_valid(*flags):
-    """Combine optional in-graph validity flags (``None`` means checked)."""
+    """Combine optional in-graph validity flags (``None`` means checked); a ``[B]`` flag stays per sample."""
     flags = [f for f in flags if f is not None]
     if not flags:
         return None
-    return tf.reduce_all(tf.stack(flags))
+    combined = flags[0]
+    for flag in flags[1:]:
+        combined = combined & flag
+    return combined
 
 
 def check_callable(func):

@@ -26,31 +26,30 @@ References:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfode._captures import captured_tensors, is_differentiable_tensor
+from tfode._tf_compat import stop_recording
+from tfode.controllers import PIController
 from tfode.integrate import integrate
 from tfode.solution import SolverStats, Status, raise_on_failure
+from tfode.stats import record_stats
 
-try:  # stop outer tapes from recording the forward loop (eager and graph)
-    from tensorflow.python.eager.record import stop_recording as _stop_recording
-except ImportError:  # pragma: no cover - older TF layouts
-    from tensorflow.python.eager.tape import stop_recording as _stop_recording
-
-__all__ = ["AdjointConfig", "BackwardStats", "adjoint_integrate", "record_stats"]
+__all__ = ["BackwardSolve", "adjoint_integrate"]
 
 
-class AdjointConfig(NamedTuple):
-    """How to solve the backward (augmented) system.
+class BackwardSolve(NamedTuple):
+    """How to solve the backward (augmented) system (internal; built from a ``SolverConfig``).
 
     Attributes:
         tableau: ``ButcherTableau`` for the backward solve.
         rtol, atol: per-leaf tolerance tensors for the state leaves (norm dtype);
             the adjoint leaves use the same, the parameter leaves use ``rtol[0]``/``atol[0]``.
-        controller: a ``PIController``.
-        step_options: a ``StepOptions`` for each backward segment.
+        controller: the ``StepSizeController`` of each backward segment.
+        max_num_steps: Python int, step budget of each segment.
         seminorm: if True, error control ignores the parameter channels.
         raise_on_failure: raise (eagerly) or assert (graphs) if the backward solve fails.
     """
@@ -59,43 +58,9 @@ class AdjointConfig(NamedTuple):
     rtol: list
     atol: list
     controller: object
-    step_options: object
+    max_num_steps: int
     seminorm: bool
     raise_on_failure: bool = True
-
-
-class BackwardStats(tf.Module):
-    """Counters of the last backward (adjoint) pass, stored in variables.
-
-    The backward pass runs when gradients are computed, after ``solve``
-    returned, so its counts cannot be outputs of ``solve``; pass one of these
-    as ``backward_stats=`` and read it after ``tape.gradient``.
-
-    Attributes:
-        num_fn_evals: int32 variable, evaluations of the augmented dynamics
-            (each one ``f`` plus one vector-Jacobian product) plus one ``f`` per
-            output time.
-        num_steps: int32 variable, attempted backward steps.
-        status: int32 variable, worst ``Status`` over the backward segments.
-    """
-
-    def __init__(self, name="backward_stats"):
-        super().__init__(name=name)
-        with self.name_scope:
-            self.num_fn_evals = tf.Variable(0, dtype=tf.int32, trainable=False, name="num_fn_evals")
-            self.num_steps = tf.Variable(0, dtype=tf.int32, trainable=False, name="num_steps")
-            self.status = tf.Variable(0, dtype=tf.int32, trainable=False, name="status")
-
-
-def record_stats(recorder, stats):
-    """Assign a solve's counters to whichever of ``num_fn_evals``, ``num_steps``,
-    ``status`` the recorder has (variables, any dtype); returns the assign ops."""
-    updates = []
-    for field in ("num_fn_evals", "num_steps", "status"):
-        target = getattr(recorder, field, None)
-        if target is not None:
-            updates.append(target.assign(tf.cast(getattr(stats, field), target.dtype)))
-    return updates
 
 
 def _vdot(xs, ys):
@@ -110,7 +75,19 @@ def _dense(gradient, like):
 
 
 def adjoint_integrate(
-    make_fn, y0, t, args, tableau, rtol, atol, controller, options, config, *, inputs_valid=None, backward_stats=None
+    make_fn,
+    y0,
+    t,
+    args,
+    tableau,
+    rtol,
+    atol,
+    controller,
+    max_num_steps,
+    config,
+    *,
+    inputs_valid=None,
+    backward_stats=None,
 ):
     """Forward solve whose gradient is computed by the adjoint method.
 
@@ -118,15 +95,38 @@ def adjoint_integrate(
         make_fn: ``make_fn(args) -> fn`` with ``fn(t, leaves) -> leaves``.
         y0: list of state leaves; t: ``[T]`` times; args: list of extra tensors
             handed to the vector field (differentiated like ``y0``).
-        tableau, rtol, atol, controller, options: the forward solve (see ``integrate``).
-        config: an ``AdjointConfig`` for the backward solve.
+        tableau, rtol, atol, controller, max_num_steps: the forward solve (see ``integrate``).
+        config: a ``BackwardSolve``.
         inputs_valid: optional in-graph validity flag.
-        backward_stats: optional ``BackwardStats`` to record the backward pass.
+        backward_stats: optional ``SolveStats`` to record the backward pass.
 
     Returns:
         ``(ys, stats)`` as ``integrate`` returns them; ``ys`` carries the custom gradient.
     """
-    num_leaves, num_args = len(y0), len(args)
+    num_leaves, num_explicit = len(y0), len(args)
+
+    def bind(all_args):
+        # Captured tensors are read by closure; they are inputs only to receive gradients.
+        return make_fn(all_args[:num_explicit])
+
+    def run_forward(y0_in, t_in, args_in):
+        return integrate(bind(args_in), y0_in, t_in, tableau, rtol, atol, controller, max_num_steps,
+                         inputs_valid=inputs_valid)  # fmt: skip
+
+    # Tensors that the field reads from its enclosing scope get gradients like `args`:
+    # the custom gradient below only returns gradients for its inputs.
+    if tf.executing_eagerly():
+        # The loop runs as one traced graph call, unseen by outer tapes (memory must not
+        # grow with the steps); tapes opened by the field itself live inside the graph.
+        traced_forward = tf.function(run_forward, autograph=False).get_concrete_function(y0, t, list(args))
+        captured = traced_forward.captured_inputs
+    else:
+        traced_forward = None
+        captured = captured_tensors(make_fn(args), t[0], y0)
+    known = [*args, *y0, t]
+    captures = [c for c in captured if is_differentiable_tensor(c) and all(c is not k for k in known)]
+    args = list(args) + captures
+    num_args = len(args)
     forward_stats = []
 
     @tf.custom_gradient
@@ -134,20 +134,25 @@ def adjoint_integrate(
         y0_in = list(inputs[:num_leaves])
         t_in = inputs[num_leaves]
         args_in = list(inputs[num_leaves + 1 :])
-        # Eagerly, outer tapes would record every step of the loop: stop them.
-        # In graphs nothing is needed (and tapes opened inside the vector field
-        # must keep working): gradients reach the forward loop only through this
-        # custom gradient, so no loop intermediates are ever accumulated.
-        with _stop_recording() if tf.executing_eagerly() else contextlib.nullcontext():
-            ys, stats = integrate(
-                make_fn(args_in), y0_in, t_in, tableau, rtol, atol, controller, options, inputs_valid=inputs_valid
-            )
+        if traced_forward is not None:
+            # Reading the variables the graph captures lets tf.custom_gradient see them
+            # (it hands their list to `grad`); the call below runs unrecorded.
+            for variable in traced_forward.graph.variables:
+                if variable.trainable:
+                    variable.read_value()
+            with stop_recording():
+                ys, stats = traced_forward(y0_in, t_in, args_in[:num_explicit])
+            ys = list(ys)
+        else:
+            # In graphs gradients reach the loop only through this custom gradient, so no
+            # loop intermediates are kept.
+            ys, stats = run_forward(y0_in, t_in, args_in)
         forward_stats.append(stats)
 
         def grad(*cotangents, variables=None):
             variables = list(variables or [])
             grads_y0, grad_t, grads_args, grads_vars, bstats = _backward(
-                make_fn, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
+                bind, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
                 stats.step_size,
             )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
@@ -221,12 +226,12 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
     def solve_segment(t_segment, state, step):
         # Each segment starts from the step size the previous one proposed
         # (no restart of Hairer's selection at every output time).
-        options = config.step_options
-        if config.tableau.adaptive and options.first_step is None:
-            options = options._replace(first_step=step)
+        controller = config.controller
+        if isinstance(controller, PIController) and controller.first_step is None:
+            controller = dataclasses.replace(controller, first_step=step)
         states, stats = integrate(
             augmented, state, t_segment, config.tableau, aug_rtol, aug_atol,
-            config.controller, options, error_mask=mask,
+            controller, config.max_num_steps, error_mask=mask,
         )  # fmt: skip
         return [s[-1] for s in states], stats
 

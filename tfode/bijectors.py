@@ -30,10 +30,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
-from tfode._overrides import current_tolerances, record_fn_evals
-from tfode._xla import in_xla_context
-from tfode.adjoint import record_stats
-from tfode.solvers import solve
+from tfode._tf_compat import in_xla_context
+from tfode.config import DEFAULTS, as_config
+from tfode.solvers import solve, solver_config
+from tfode.stats import SolveStats, record_stats
 
 __all__ = ["ContinuousFlowBijector"]
 
@@ -137,35 +137,6 @@ def _noise(kind, shape, dtype, seed):
     return tf.cast(2 * signs - 1, dtype)
 
 
-class _SolveStats(tf.Module):
-    """Counters of one solve of the bijector: int32 variables ``num_fn_evals``, ``num_steps``, ``status``.
-
-    Under a ``tf.distribute`` strategy each replica writes its own copy (synchronized
-    on read, so an update is no cross-replica merge); reads outside replica context
-    give the first replica's counts.
-    """
-
-    def __init__(self, name):
-        super().__init__(name=name)
-        with self.name_scope:
-            self.num_fn_evals, self.num_steps, self.status = (
-                tf.Variable(0, dtype=tf.int32, trainable=False, name=field,
-                            synchronization=tf.VariableSynchronization.ON_READ,
-                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                for field in ("num_fn_evals", "num_steps", "status")
-            )  # fmt: skip
-
-
-class _GraphSolves:
-    """Holds the eager-mode graph solves out of TF's object tracking (not saved)."""
-
-    def __init__(self, by_key):
-        self.by_key = by_key
-
-    def __getitem__(self, key):
-        return self.by_key[key]
-
-
 class ContinuousFlowBijector(tfp.bijectors.Bijector):
     """A continuous normalizing flow ``z(t1) = z(t0) + ∫ f(t, z) dt`` as a bijector.
 
@@ -182,20 +153,28 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         noise: ``"rademacher"`` or ``"gaussian"`` noise for Hutchinson, drawn
             ONCE per solve (resampling inside a solve makes the dynamics
             non-smooth and blows up NFE).
-        method, rtol, atol, options: solver settings (see ``tfode.solve``).
-        adjoint: gradients by the adjoint method; ``adjoint_norm`` as in ``solve``.
-        regularize: deprecated and ignored. RNODE's kinetic energy ``∫||f||² dt``
-            and Jacobian Frobenius norm ``∫||∂f/∂z||_F² dt`` (Hutchinson estimate
-            ``||εᵀ∂f/∂z||²`` with ``trace="hutchinson"``, exact otherwise) are
-            integrated by ``forward_and_regularization``/``inverse_and_regularization``
-            on any bijector, and by no other method.
+        solver: a ``tfode.SolverConfig`` (default ``tfode.config.DEFAULTS["ContinuousFlowBijector"]``:
+            dopri5, ``rtol = atol = 1e-5``, adjoint).
+        method, rtol, atol, options, adjoint, adjoint_norm: conveniences that replace
+            fields of ``solver`` (as in ``tfode.solve``).
+
+    RNODE's kinetic energy ``∫||f||² dt`` and Jacobian Frobenius norm
+    ``∫||∂f/∂z||_F² dt`` (Hutchinson estimate ``||εᵀ∂f/∂z||²`` with
+    ``trace="hutchinson"``, exact otherwise) are integrated by
+    ``forward_and_regularization``/``inverse_and_regularization`` only. Per-call
+    solver settings (e.g. a served request's tolerances) go through
+    ``forward_and_log_det``/``inverse_and_log_det(..., solver=...)``, which solve once
+    and bypass TFP's cache.
+
+    Eagerly, an adjoint solve runs its forward loop as one traced graph call (so
+    tapes that the field opens itself keep working); the field must then be
+    traceable. Solve with ``adjoint=False`` to step through the field eagerly.
         seed: Hutchinson noise. An int (default 0) seeds a ``tf.random.Generator``
             that hands each solve a fresh stateless seed: reproducible, and it
             compiles under XLA. ``None`` draws from TF's stateful op-level RNG: not
             reproducible, and refused under XLA (``jit_compile=True``).
-        solve_stats: where each solve writes its counters: an object with any of
-            the variables ``num_fn_evals``, ``num_steps``, ``status`` (e.g. a
-            ``tfode.BackwardStats``). Default: the bijector's own int32 variables.
+        solve_stats: a ``tfode.SolveStats`` where each solve writes its counters
+            (default: the bijector's own).
         backward_stats: the same for the adjoint's backward solve (written when a
             gradient is computed; ``adjoint=True`` only).
         validate_args: TFP convention; also asserts at run time that ``vector_field``
@@ -228,13 +207,13 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         *,
         trace="exact",
         noise="rademacher",
-        method="dopri5",
-        rtol=1e-5,
-        atol=1e-5,
+        solver=None,
+        method=None,
+        rtol=None,
+        atol=None,
         options=None,
-        adjoint=True,
-        adjoint_norm="seminorm",
-        regularize=False,
+        adjoint=None,
+        adjoint_norm=None,
         seed=0,
         solve_stats=None,
         backward_stats=None,
@@ -256,19 +235,12 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             self._vector_field = vector_field
             self._t0, self._t1 = float(t0), float(t1)
             self._trace, self._noise = trace, noise
-            self._solver_kwargs = dict(method=method, rtol=rtol, atol=atol, options=options,
-                                       adjoint=adjoint, adjoint_norm=adjoint_norm)  # fmt: skip
+            base = DEFAULTS["ContinuousFlowBijector"] if solver is None else as_config(solver)
+            self._solver = solver_config(base, method=method, rtol=rtol, atol=atol, options=options,
+                                         adjoint=adjoint, adjoint_norm=adjoint_norm)  # fmt: skip
             self._noise_generator = None if seed is None else tf.random.Generator.from_seed(int(seed))
-            self._solve_stats = _SolveStats("solve_stats") if solve_stats is None else solve_stats
-            self._backward_stats = _SolveStats("backward_stats") if backward_stats is None else backward_stats
-            # Eagerly, the adjoint stops outer tapes during its forward loop, which
-            # would also stop the trace's own tape: run eager solves as a graph.
-            self._solve_in_graph = _GraphSolves({
-                key: tf.function(lambda z, tolerances, k=key: self._solve(z, *k, tolerances), autograph=False,
-                                 reduce_retracing=True)
-                for key in ((self._t0, self._t1, False), (self._t1, self._t0, False),
-                            (self._t0, self._t1, True), (self._t1, self._t0, True))
-            })  # fmt: skip
+            self._solve_stats = SolveStats("solve_stats") if solve_stats is None else solve_stats
+            self._backward_stats = SolveStats("backward_stats") if backward_stats is None else backward_stats
             super().__init__(forward_min_event_ndims=1, validate_args=validate_args, parameters=parameters, name=name)
 
     @classmethod
@@ -278,6 +250,11 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
     @property
     def vector_field(self):
         return self._vector_field
+
+    @property
+    def solver(self):
+        """The bijector's ``tfode.SolverConfig``."""
+        return self._solver
 
     @property
     def solve_stats(self):
@@ -305,21 +282,11 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             return _noise(self._noise, tf.shape(z), z.dtype, None)
         return _noise(self._noise, tf.shape(z), z.dtype, self._noise_generator.make_seeds(1)[:, 0])
 
-    def _solve_any_mode(self, z, t_start, t_end, regularize=False):
-        # A `tfode.solver_tolerances` block is read here, not when the eager-mode
-        # function was traced: its values reach that function as tensor arguments.
-        tolerances = current_tolerances()
-        if tf.executing_eagerly():
-            if tolerances is not None:
-                tolerances = tuple(tf.cast(value, tf.float64) for value in tolerances)
-            return self._solve_in_graph[(t_start, t_end, regularize)](z, tolerances)
-        return self._solve(z, t_start, t_end, regularize, tolerances)
-
-    def _solve(self, z, t_start, t_end, regularize, tolerances=None):
+    def _solve(self, z, t_start, t_end, regularize=False, solver=None):
         """One augmented solve; returns ``(z_end, log_det, regularization dict)``.
 
         ``z``: ``[..., D]``; ``log_det`` and each regularizer ``[...]``;
-        ``tolerances``: ``None`` or ``(rtol, atol)`` replacing the bijector's.
+        ``solver``: ``None`` or a ``SolverConfig`` replacing the bijector's.
         """
         _check_event("x" if t_start == self._t0 else "y", z, self._trace)
         noise = self._draw_noise(z)
@@ -327,12 +294,10 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         zeros = tf.zeros(tf.shape(z)[:-1], z.dtype)
         state = (z, zeros, zeros, zeros) if regularize else (z, zeros)
         times = tf.constant([t_start, t_end], dtype=tf.float64 if z.dtype == tf.float64 else tf.float32)
-        solver = dict(self._solver_kwargs)
-        if tolerances is not None:
-            solver["rtol"], solver["atol"] = tolerances
-        solution = solve(dynamics, state, times, backward_stats=self._backward_stats, **solver)
+        config = self._solver if solver is None else as_config(solver)
+        backward_stats = self._backward_stats if config.adjoint else None
+        solution = solve(dynamics, state, times, config, backward_stats=backward_stats)
         record_stats(self._solve_stats, solution.stats)
-        record_fn_evals(solution.stats.num_fn_evals)
         final = tf.nest.map_structure(lambda x: x[-1], solution.ys)
         regularization = {}
         if regularize:
@@ -342,12 +307,12 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         return final[0], final[1], regularization
 
     def _augmented_forward(self, x):
-        y, fldj, _ = self._solve_any_mode(x, self._t0, self._t1)
+        y, fldj, _ = self._solve(x, self._t0, self._t1)
         return y, {"fldj": fldj, "ildj": -fldj}
 
     def _augmented_inverse(self, y):
         # Integrating t1 -> t0 accumulates -∫ tr dt = log|det ∂x/∂y|.
-        x, ildj, _ = self._solve_any_mode(y, self._t1, self._t0)
+        x, ildj, _ = self._solve(y, self._t1, self._t0)
         return x, {"ildj": ildj, "fldj": -ildj}
 
     def _forward(self, x):
@@ -379,13 +344,34 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             y: ``[..., D]`` points at ``t1``.
         """
         with tf.name_scope(name):
-            x, ildj, terms = self._solve_any_mode(tf.convert_to_tensor(y, dtype_hint=tf.float32), self._t1,
+            x, ildj, terms = self._solve(tf.convert_to_tensor(y, dtype_hint=tf.float32), self._t1,
                                                   self._t0, regularize=True)  # fmt: skip
             return x, ildj, {k: terms[k] for k in _REGULARIZERS}
+
+    def inverse_and_log_det(self, y, solver=None, name="inverse_and_log_det"):
+        """``(x, ildj)`` from one solve ``t1 -> t0``, optionally with another ``SolverConfig``.
+
+        Bypasses TFP's cache (so a per-call ``solver`` always takes effect).
+
+        Args:
+            y: ``[..., D]`` points at ``t1``.
+            solver: a ``tfode.SolverConfig`` for this call (e.g. a request's tolerances).
+        """
+        with tf.name_scope(name):
+            x, ildj, _ = self._solve(tf.convert_to_tensor(y, dtype_hint=tf.float32), self._t1, self._t0,
+                                     solver=solver)  # fmt: skip
+            return x, ildj
+
+    def forward_and_log_det(self, x, solver=None, name="forward_and_log_det"):
+        """``(y, fldj)`` from one solve ``t0 -> t1`` (see ``inverse_and_log_det``)."""
+        with tf.name_scope(name):
+            y, fldj, _ = self._solve(tf.convert_to_tensor(x, dtype_hint=tf.float32), self._t0, self._t1,
+                                     solver=solver)  # fmt: skip
+            return y, fldj
 
     def forward_and_regularization(self, x, name="forward_and_regularization"):
         """``(y, fldj, regularization dict)`` in one solve ``t0 -> t1`` (see ``inverse_and_regularization``)."""
         with tf.name_scope(name):
-            y, fldj, terms = self._solve_any_mode(tf.convert_to_tensor(x, dtype_hint=tf.float32), self._t0,
+            y, fldj, terms = self._solve(tf.convert_to_tensor(x, dtype_hint=tf.float32), self._t0,
                                                   self._t1, regularize=True)  # fmt: skip
             return y, fldj, {k: terms[k] for k in _REGULARIZERS}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfode.runge_kutta import along_batch
+
 __all__ = ["dense_output"]
 
 
-def dense_output(tableau, y0, y1, stages, dt, theta):
+def dense_output(tableau, y0, y1, stages, dt, theta, per_sample=False):
     """Evaluate the method's interpolant at ``t0 + theta * dt``.
 
     ``y(theta) = y0 + dt * sum_i k_i * sum_j dense[i, j] theta**(j+1)``; the
@@ -19,8 +21,9 @@ def dense_output(tableau, y0, y1, stages, dt, theta):
         tableau: a ``ButcherTableau``.
         y0, y1: lists of leaves at the step's start and end.
         stages: list of ``num_extended_stages`` stage lists (leaves).
-        dt: signed step (state dtype, scalar).
-        theta: scalar in ``[0, 1]`` (state dtype), or ``[K]`` for ``K`` points at once.
+        dt: signed step (state dtype, scalar; ``[B]`` per sample).
+        theta: scalar in ``[0, 1]`` (state dtype), or ``[K]`` for ``K`` points at once;
+            with ``per_sample``, ``[B]``: one point per sample (the leaves' leading axis).
 
     Returns:
         List of leaves (each ``[K, *leaf.shape]`` for a ``[K]`` theta); exactly
@@ -34,17 +37,21 @@ def dense_output(tableau, y0, y1, stages, dt, theta):
             powers.append(powers[-1] * theta)
         weights = []
         for row in dense:
-            terms = [p * w for w, p in zip(row, powers) if w != 0.0]
+            terms = [p * tf.constant(w, theta.dtype) for w, p in zip(row, powers) if w != 0.0]
             weights.append(tf.add_n(terms) if terms else None)
         out = []
         for leaf in range(len(y0)):
-            rank = len(y0[leaf].shape)
-            terms = [_expand(w, theta, rank) * k[leaf] for w, k in zip(weights, stages) if w is not None]
-            value = y0[leaf] + dt * tf.add_n(terms)
-            out.append(tf.where(_expand(theta, theta, rank) >= 1, y1[leaf], value))
+            like = y0[leaf]
+            terms = [_broadcast(w, theta, like, per_sample) * k[leaf] for w, k in zip(weights, stages) if w is not None]
+            step = along_batch(dt, like) if per_sample else dt
+            value = like + step * tf.add_n(terms)
+            out.append(tf.where(_broadcast(theta, theta, like, per_sample) >= 1, y1[leaf], value))
         return out
 
 
-def _expand(x, theta, rank):
-    """A per-theta coefficient ``[K]`` -> ``[K, 1, ..., 1]`` to broadcast against a rank-``rank`` leaf."""
-    return x if theta.shape.rank == 0 else tf.reshape(x, [-1] + [1] * rank)
+def _broadcast(x, theta, leaf, per_sample):
+    """A per-theta coefficient to broadcast against ``leaf``: per sample ``[B] -> [B, 1, ..., 1]``;
+    for ``K`` points of one state ``[K] -> [K, 1, ..., 1]`` (a leading axis added)."""
+    if per_sample:
+        return along_batch(x, leaf)
+    return x if theta.shape.rank == 0 else tf.reshape(x, [-1] + [1] * len(leaf.shape))

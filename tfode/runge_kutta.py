@@ -17,10 +17,17 @@ def linear_combination(weights, stages):
     Returns:
         A tensor of that shape, or ``None`` when every weight is zero.
     """
-    terms = [stage * w for w, stage in zip(weights, stages) if w != 0.0]
+    terms = [stage * tf.constant(w, stage.dtype) for w, stage in zip(weights, stages) if w != 0.0]
     if not terms:
         return None
     return terms[0] if len(terms) == 1 else tf.add_n(terms)
+
+
+def along_batch(x, leaf):
+    """A scalar, or a per-sample ``[B]`` tensor reshaped to ``[B, 1, ..., 1]`` to broadcast against ``leaf``."""
+    if x.shape.rank == 0:
+        return x
+    return tf.reshape(x, tf.concat([[-1], tf.ones([leaf.shape.rank - 1], tf.int32)], axis=0))
 
 
 def _add_scaled(y, dt, weights, stages):
@@ -28,7 +35,7 @@ def _add_scaled(y, dt, weights, stages):
     out = []
     for leaf, y_leaf in enumerate(y):
         combo = linear_combination(weights, [k[leaf] for k in stages])
-        out.append(y_leaf if combo is None else y_leaf + dt * combo)
+        out.append(y_leaf if combo is None else y_leaf + along_batch(dt, y_leaf) * combo)
     return out
 
 
@@ -41,9 +48,9 @@ def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
     Args:
         fn: ``fn(t, leaves) -> leaves``, ``t`` a scalar in time dtype.
         tableau: a ``ButcherTableau``.
-        t0, t1: scalar start and end times (time dtype); ``h = t1 - t0`` may be
-            negative. ``t1`` is passed separately so the final stage lands on it
-            exactly.
+        t0, t1: scalar start and end times (time dtype), or ``[B]`` per sample (the
+            leaves' leading axis); ``h = t1 - t0`` may be negative. ``t1`` is passed
+            separately so the final stage lands on it exactly.
         y0: list of state leaves at ``t0``.
         f0: list of leaves, ``fn(t0, y0)``.
 
@@ -60,7 +67,7 @@ def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
         stages = [list(f0)]
         last = tableau.num_stages - 1
         for i in range(1, tableau.num_stages):
-            t_stage = t1 if (i == last and tableau.fsal) else t0 + tableau.c[i] * dt_time
+            t_stage = t1 if (i == last and tableau.fsal) else t0 + tf.constant(tableau.c[i], dt_time.dtype) * dt_time
             y_stage = _add_scaled(y0, dt, tableau.a[i], stages)
             stages.append(list(fn(t_stage, y_stage)))
         y1 = _add_scaled(y0, dt, tableau.b, stages)
@@ -74,5 +81,5 @@ def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
             error = []
             for leaf in range(len(y0)):
                 combo = linear_combination(tableau.b_error, [k[leaf] for k in stages])
-                error.append(tf.zeros_like(y0[leaf]) if combo is None else dt * combo)
+                error.append(tf.zeros_like(y0[leaf]) if combo is None else along_batch(dt, combo) * combo)
         return y1, f1, error, stages

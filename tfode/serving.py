@@ -18,7 +18,13 @@ Signatures:
         ``sample(num_samples [], seed [2] int32)`` -> ``{"samples": [N, D]}``.
     Any other Keras model (e.g. with ``ODELayer``s), one input:
         ``serving_default(inputs)`` -> ``{"outputs": ..., "num_fn_evals": []}``;
-        ``predict_with_tolerance(inputs, rtol, atol)``.
+        ``predict_with_tolerance(inputs, rtol, atol)`` (a ``keras.Sequential``, or a
+        functional model whose layers are each called once, or a model with a
+        ``serving_outputs(inputs, tolerances=None)`` method).
+
+The request's tolerances reach every solve as an explicit ``SolverConfig``
+(``solver.replace(rtol=rtol, atol=atol)`` with the request's tensors); each
+response carries its own request's NFE, read from the solves traced for it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import re
 import keras
 import tensorflow as tf
 
-from tfode._overrides import recording_fn_evals, solver_tolerances
+from tfode._keras_utils import walk_layers
+from tfode.layers import ODELayer
 from tfode.models._flow_model import ContinuousFlow
 from tfode.models._latent_ode import LatentODE
 
@@ -72,23 +79,16 @@ def _latent_module(model):
         tf.TensorSpec([None, None], tf.float32, name="query_times"),
     ]
 
-    def predict(times, values, mask, query):
-        mean, nfe, z0 = model._predict_from_posterior_mean(times, values, mask, query)
-        outputs = {"mean": mean, "num_fn_evals": nfe}
-        if model.classifier is not None:
-            outputs["logits"] = model.classifier(z0)
-        return outputs
-
     @tf.function(input_signature=specs, jit_compile=False, autograph=False)
     def serving_default(observed_times, observed_values, observed_mask, query_times):
-        return predict(observed_times, observed_values, observed_mask, query_times)
+        return model.serving_outputs(observed_times, observed_values, observed_mask, query_times)
 
     tol_specs = specs + [tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")]
 
     @tf.function(input_signature=tol_specs, jit_compile=False, autograph=False)
     def predict_with_tolerance(observed_times, observed_values, observed_mask, query_times, rtol, atol):
-        with solver_tolerances(rtol, atol):
-            return predict(observed_times, observed_values, observed_mask, query_times)
+        solver = model.solver.replace(rtol=rtol, atol=atol)
+        return model.serving_outputs(observed_times, observed_values, observed_mask, query_times, solver=solver)
 
     return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
 
@@ -111,8 +111,7 @@ def _flow_module(model):
         autograph=False,
     )
     def predict_with_tolerance(x, rtol, atol):
-        with solver_tolerances(rtol, atol):
-            return {"log_prob": model(x, training=False)}
+        return {"log_prob": model(x, training=False, solver=model.solver.replace(rtol=rtol, atol=atol))}
 
     @tf.function(
         input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")],
@@ -131,21 +130,89 @@ def _flow_module(model):
     }
 
 
+def _call_layer(layer, x, tolerances, fn_evals):
+    """Call one layer for serving: an ``ODELayer`` with the request's tolerances, recording its NFE."""
+    if not isinstance(layer, ODELayer):
+        return layer(x, training=False)
+    config = None if tolerances is None else layer.solver.replace(rtol=tolerances[0], atol=tolerances[1])
+    out = layer(x, training=False, solver=config)
+    fn_evals.append(tf.cast(layer.last_solve_stats.num_fn_evals, tf.int32))
+    return out
+
+
+def _replay(model, inputs, tolerances=None):
+    """Run a single-input Keras model layer by layer, handing each ``ODELayer`` the request's tolerances.
+
+    A ``keras.Sequential`` runs its ``layers`` in order; a functional model replays its graph
+    from the public ``operations`` and each layer's ``input``/``output``.
+
+    Returns ``{"outputs": ..., "num_fn_evals": []}``: the NFE summed over this call's ODE solves.
+    """
+    fn_evals = []
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = _call_layer(layer, x, tolerances, fn_evals)
+    else:
+        values = {id(model.inputs[0]): inputs}
+        for layer in model.operations:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            args = tf.nest.map_structure(lambda k: values[id(k)], layer.input)
+            out = _call_layer(layer, args, tolerances, fn_evals)
+            for symbolic, value in zip(tf.nest.flatten(layer.output), tf.nest.flatten(out)):
+                values[id(symbolic)] = value
+        x = tf.nest.map_structure(lambda k: values[id(k)], model.outputs)
+        x = x[0] if len(model.outputs) == 1 else x
+    nfe = tf.add_n(fn_evals) if fn_evals else tf.constant(0, tf.int32)
+    return {"outputs": x, "num_fn_evals": nfe}
+
+
+def _replayable(model):
+    """Whether ``_replay`` can run ``model``: a Sequential, or a functional model whose layers are each used once."""
+    if isinstance(model, keras.Sequential):
+        return True
+    operations = getattr(model, "operations", None)
+    if operations is None or not hasattr(model, "outputs"):
+        return False
+    try:
+        for layer in operations:
+            layer.input, layer.output  # noqa: B018 -- raises for a layer called more than once
+    except (AttributeError, ValueError):
+        return False
+    return True
+
+
+def _keras_outputs(model):
+    """``outputs(inputs, tolerances=None) -> dict`` for a single-input Keras model: its ``serving_outputs``
+    hook, or a layer-by-layer replay that hands every ``ODELayer`` the request's tolerances."""
+    if hasattr(model, "serving_outputs"):
+        return lambda inputs, tolerances=None: model.serving_outputs(inputs, tolerances=tolerances)
+    if _replayable(model):
+        return lambda inputs, tolerances=None: _replay(model, inputs, tolerances)
+    if any(isinstance(layer, ODELayer) for layer in walk_layers(model)):
+        raise TypeError(
+            f"export passes per-request tolerances to the ODELayers of a keras.Sequential or functional model "
+            f"(each layer called once), or of a model with a serving_outputs(inputs, tolerances=None) method; "
+            f"{type(model).__name__} is none of these."
+        )
+
+    def plain(inputs, tolerances=None):
+        return {"outputs": model(inputs, training=False), "num_fn_evals": tf.constant(0, tf.int32)}
+
+    return plain
+
+
 def _keras_module(model):
     if len(model.inputs) != 1:
         raise ValueError(f"export supports Keras models with one input, got {len(model.inputs)}.")
     module = _variables_module(model)
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="inputs")
-
-    def predict(inputs):
-        with recording_fn_evals() as fn_evals:
-            outputs = model(inputs, training=False)
-        nfe = tf.add_n([tf.cast(n, tf.int32) for n in fn_evals]) if fn_evals else tf.constant(0, tf.int32)
-        return {"outputs": outputs, "num_fn_evals": nfe}
+    outputs = _keras_outputs(model)
 
     @tf.function(input_signature=[spec], jit_compile=False, autograph=False)
     def serving_default(inputs):
-        return predict(inputs)
+        return outputs(inputs)
 
     @tf.function(
         input_signature=[spec, tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")],
@@ -153,8 +220,7 @@ def _keras_module(model):
         autograph=False,
     )
     def predict_with_tolerance(inputs, rtol, atol):
-        with solver_tolerances(rtol, atol):
-            return predict(inputs)
+        return outputs(inputs, tolerances=(rtol, atol))
 
     return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
 

@@ -46,12 +46,13 @@ class IntegrationError(RuntimeError):
         step_size: the last step size tried (Python float).
     """
 
-    def __init__(self, status, t_reached, step_size, t_end, stage="forward"):
+    def __init__(self, status, t_reached, step_size, t_end, stage="forward", prefix=""):
         self.status = Status(status)
         self.t_reached = t_reached
         self.step_size = step_size
         super().__init__(
-            f"{stage.capitalize()} ODE solve failed with status {self.status.name}: {STATUS_MESSAGES[self.status]}; "
+            f"{prefix}{stage.capitalize()} ODE solve failed with status {self.status.name}: "
+            f"{STATUS_MESSAGES[self.status]}; "
             f"reached t={t_reached:.9g} of t={t_end:.9g} with step size {step_size:.3g}."
         )
 
@@ -72,12 +73,18 @@ def raise_on_failure(values, stats, t_end, stage="forward"):
         ``values``, with a control dependency on the check in graph mode.
     """
     if tf.executing_eagerly():
-        status = int(stats.status)
-        if status != Status.SUCCESS:
-            raise IntegrationError(status, float(stats.t_reached), float(stats.step_size), float(t_end), stage)
+        statuses = stats.status.numpy().reshape(-1)  # [B] per sample
+        failed = [i for i, code in enumerate(statuses) if code != Status.SUCCESS]
+        if failed:
+            i = failed[0]
+            pick = (lambda x: float(x.numpy().reshape(-1)[i])) if statuses.size > 1 else (lambda x: float(x))
+            sample = f"sample {i} of {statuses.size}: " if statuses.size > 1 else ""
+            end = float(tf.reshape(t_end, [-1])[i] if tf.size(t_end) > 1 else tf.reshape(t_end, [-1])[0])
+            raise IntegrationError(int(statuses[i]), pick(stats.t_reached), pick(stats.step_size), end, stage,
+                                   prefix=sample)  # fmt: skip
         return values
     check = tf.debugging.Assert(
-        tf.equal(stats.status, int(Status.SUCCESS)),
+        tf.reduce_all(tf.equal(stats.status, int(Status.SUCCESS))),
         [
             f"tfode: {stage} ODE solve failed (status 1: max_num_steps exhausted, 2: step size underflow, "
             "3: NaN/Inf state, 4: invalid tolerances or times); status, t reached, step size:",

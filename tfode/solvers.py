@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import math
-import numbers
+import inspect
 from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from tfode import _validation as v
-from tfode._complex import expand_tolerance, has_complex_leaves, solve_complex
-from tfode.adjoint import AdjointConfig, adjoint_integrate
-from tfode.controllers import PIController
-from tfode.integrate import StepOptions, integrate
+from tfode._captures import captured_tensors, guard_nonfinite_gradients
+from tfode._complex import has_complex_leaves, solve_complex
+from tfode.adjoint import BackwardSolve, adjoint_integrate
+from tfode.config import DEFAULT_MAX_NUM_STEPS, SolverConfig, as_config
+from tfode.integrate import integrate
+from tfode.per_sample import guard_nonfinite_rows, integrate_per_sample
 from tfode.solution import Solution
 from tfode.solution import raise_on_failure as raise_on_failure_
-from tfode.tableaus import ButcherTableau, get_tableau
+from tfode.tableaus import get_tableau
 
-__all__ = ["odeint", "solve", "DEFAULT_RTOL", "DEFAULT_ATOL", "OPTION_NAMES"]
-
-DEFAULT_RTOL = 1e-6
-DEFAULT_ATOL = 1e-8
-DEFAULT_MAX_NUM_STEPS = 10_000
-
-OPTION_NAMES = (
-    "first_step",
-    "min_step",
-    "max_step",
-    "max_num_steps",
-    "step_size",
-    "safety",
-    "min_factor",
-    "max_factor",
-    "beta1",
-    "beta2",
-)
+__all__ = ["odeint", "solve", "solver_config"]
 
 
 class Problem(NamedTuple):
@@ -49,106 +33,64 @@ class Problem(NamedTuple):
     leaves: list
     structure: Any
     t: Any
-    tableau: ButcherTableau
+    config: SolverConfig
     rtol: list
     atol: list
-    controller: PIController
-    step_options: StepOptions
     inputs_valid: Any
 
 
-def _parse_options(options, tableau, t, time_dtype):
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_NAMES))
-    if unknown:
-        raise ValueError(f"Unknown options {unknown}; valid options are: {', '.join(OPTION_NAMES)}.")
-    max_num_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-    if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, numbers.Integral) or max_num_steps < 1:
-        raise ValueError(f"options['max_num_steps'] must be a positive int, got {max_num_steps!r}.")
-    max_num_steps = int(max_num_steps)
+def solver_config(solver=None, *, method=None, rtol=None, atol=None, options=None, adjoint=None,
+                  adjoint_method=None, adjoint_rtol=None, adjoint_atol=None, adjoint_options=None,
+                  adjoint_norm=None):  # fmt: skip
+    """The ``SolverConfig`` that ``solve``'s keywords describe: ``solver`` with each given keyword replaced.
 
-    def scalar(name, default=None, allow_zero=False):
-        value = options.get(name)
-        if value is None:
-            return default
-        return v.positive_scalar_option(name, value, time_dtype, allow_zero=allow_zero)
-
-    step_size = scalar("step_size")
-    if tableau.adaptive and step_size is not None:
-        raise ValueError(
-            f"options['step_size'] applies to fixed-step methods only; method {tableau.name!r} is adaptive "
-            "(use 'first_step' or 'max_step')."
-        )
-    if not tableau.adaptive and step_size is None and t.shape[0] == 2:
-        raise ValueError(
-            f"Fixed-step method {tableau.name!r} needs options['step_size'], or a grid of more than two "
-            "times t to step on; got t of length 2 and no step_size."
-        )
-    if not tableau.adaptive and "max_num_steps" not in options:
-        max_num_steps = _fixed_step_budget(t, step_size, max_num_steps)
-    step_options = StepOptions(
-        first_step=scalar("first_step"),
-        min_step=scalar("min_step", tf.zeros([], time_dtype), allow_zero=True),
-        max_step=scalar("max_step", tf.constant(math.inf, time_dtype)),
-        step_size=step_size,
-        max_num_steps=max_num_steps,
-    )
-    controller = PIController(
-        **{
-            k: float(options[k])
-            for k in ("safety", "min_factor", "max_factor", "beta1", "beta2")
-            if options.get(k) is not None
-        }
-    )
-    return step_options, controller
-
-
-def _fixed_step_budget(t, step_size, default):
-    """Exact step count of a fixed-step solve when ``t`` and ``step_size`` are static.
-
-    It bounds the loop, and under XLA it sizes the buffers that backpropagation
-    through the loop (``adjoint=False``) preallocates, so a tight bound saves
-    memory (10 000 default steps of a [8, 256] state cost ~300 MiB).
+    ``options`` (torchdiffeq-style dict, ``tfode.config.OPTION_NAMES``) edits the
+    controller and budget; ``adjoint_options`` the backward solve's controller and budget.
     """
-    times = v._static_value(t)
-    if times is None or t.shape[0] is None:
-        return default
-    if step_size is None:
-        return max(t.shape[0] - 1, 1)
-    size = v._static_value(step_size)
-    if size is None:
-        return default
-    # +2: round-off in the step count and the stretched last step.
-    return int(math.ceil(abs(float(times[-1]) - float(times[0])) / float(size))) + 2
+    config = as_config(solver)
+    changes = {
+        "method": method, "rtol": rtol, "atol": atol, "adjoint": adjoint, "adjoint_method": adjoint_method,
+        "adjoint_rtol": adjoint_rtol, "adjoint_atol": adjoint_atol, "adjoint_norm": adjoint_norm,
+    }  # fmt: skip
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "method" in changes and get_tableau(changes["method"]).adaptive != config.tableau.adaptive:
+        changes.setdefault("controller", None)  # the old method's controller may not fit the new one
+    config = config.replace(**changes).with_options(options)
+    if adjoint_options is not None:
+        backward = SolverConfig(method=config.backward_tableau).with_options(adjoint_options)
+        config = config.replace(adjoint_controller=backward.controller,
+                                adjoint_max_num_steps=backward.max_num_steps)  # fmt: skip
+    return config
 
 
-def prepare(func, y0, t, method, rtol, atol, options, args=(), allow_repeated_times=False):
+def prepare(func, y0, t, config, args=(), allow_repeated_times=False):
     """Validate the arguments of ``solve`` and convert them (internal)."""
     v.check_callable(func)
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple of tensors, got {type(args).__name__}.")
     args = [tf.convert_to_tensor(a) for a in args]
-    tableau = get_tableau(method)
     leaves, structure = v.as_state(y0)
-    t, t_valid = v.as_times(t, leaves[0].dtype, allow_repeats=allow_repeated_times)
-    if not tableau.adaptive:
-        # Fixed-step methods ignore tolerances (None is fine); the adjoint may still use them.
-        rtol = DEFAULT_RTOL if rtol is None else rtol
-        atol = DEFAULT_ATOL if atol is None else atol
-    rtol_leaves, rtol_valid = v.as_tolerance("rtol", rtol, leaves, structure)
-    atol_leaves, atol_valid = v.as_tolerance("atol", atol, leaves, structure)
-    step_options, controller = _parse_options(options, tableau, t, t.dtype)
+    if config.batch_axis is None:
+        t, t_valid = v.as_times(t, leaves[0].dtype, allow_repeats=allow_repeated_times)
+    else:
+        t, t_valid = v.as_sample_times(t, leaves)
+    if config.controller is None and not config.tableau.adaptive and t.shape[-1] == 2:
+        raise ValueError(
+            f"Fixed-step method {config.tableau.name!r} needs a step size (options={{'step_size': h}} or "
+            "controller=tfode.ConstantStepSize(h)), or a grid of more than two times t to step on; "
+            "got t of length 2. controller=tfode.StepToOutputTimes() takes one step."
+        )
+    rtol_leaves, rtol_valid = v.as_tolerance("rtol", config.rtol, leaves, structure)
+    atol_leaves, atol_valid = v.as_tolerance("atol", config.atol, leaves, structure)
     return Problem(
         make_fn=lambda bound: v.wrap_vector_field(func, structure, leaves, bound),
         args=args,
         leaves=leaves,
         structure=structure,
         t=t,
-        tableau=tableau,
+        config=config,
         rtol=rtol_leaves,
         atol=atol_leaves,
-        controller=controller,
-        step_options=step_options,
         inputs_valid=v.all_valid(t_valid, rtol_valid, atol_valid),
     )
 
@@ -160,18 +102,19 @@ def solve(
     func,
     y0,
     t,
+    solver=None,
     *,
-    method="dopri5",
-    rtol=DEFAULT_RTOL,
-    atol=DEFAULT_ATOL,
+    method=None,
+    rtol=None,
+    atol=None,
     options=None,
     args=(),
-    adjoint=False,
+    adjoint=None,
     adjoint_method=None,
     adjoint_rtol=None,
     adjoint_atol=None,
     adjoint_options=None,
-    adjoint_norm="seminorm",
+    adjoint_norm=None,
     backward_stats=None,
     raise_on_failure=True,
     name=None,
@@ -214,7 +157,7 @@ def solve(
             backward solve's method, tolerances and options (default: the forward ones).
         adjoint_norm: ``"seminorm"`` (default; error control ignores the
             parameter-gradient channels, Kidger et al. 2021) or ``"full"``.
-        backward_stats: optional ``tfode.BackwardStats`` that the backward pass
+        backward_stats: optional ``tfode.SolveStats`` that the backward pass
             fills with its evaluation count, steps and status.
         raise_on_failure: if True (default), a failed solve raises
             ``IntegrationError`` eagerly, or an ``InvalidArgumentError`` when a
@@ -236,82 +179,95 @@ def solve(
         >>> sol.ys.shape, int(sol.stats.status)
         (TensorShape([5, 3]), 0)
     """
+    config = solver_config(
+        solver, method=method, rtol=rtol, atol=atol, options=options, adjoint=adjoint, adjoint_method=adjoint_method,
+        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_options=adjoint_options,
+        adjoint_norm=adjoint_norm,
+    )  # fmt: skip
     if has_complex_leaves(y0):
-        return solve_complex(
-            solve, func, y0, t, rtol, atol, method=method, options=options, args=args, adjoint=adjoint,
-            adjoint_method=adjoint_method, adjoint_rtol=expand_tolerance(adjoint_rtol, y0),
-            adjoint_atol=expand_tolerance(adjoint_atol, y0), adjoint_options=adjoint_options,
-            adjoint_norm=adjoint_norm, backward_stats=backward_stats, raise_on_failure=raise_on_failure,
-            name=name, _allow_repeated_times=_allow_repeated_times,
-        )  # fmt: skip
+        return solve_complex(solve, func, y0, t, config, args=args, backward_stats=backward_stats,
+                             raise_on_failure=raise_on_failure, name=name,
+                             _allow_repeated_times=_allow_repeated_times)  # fmt: skip
     with tf.name_scope(name or "solve"):
-        problem = prepare(func, y0, t, method, rtol, atol, options, args, _allow_repeated_times)
-        forward = (problem.tableau, problem.rtol, problem.atol, problem.controller, problem.step_options)
-        if adjoint:
-            config = _adjoint_config(problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options,
-                                     adjoint_norm, raise_on_failure)  # fmt: skip
+        problem = prepare(func, y0, t, config, args, _allow_repeated_times)
+        controller = config.forward_controller
+        forward = (config.tableau, problem.rtol, problem.atol, controller, config.step_budget(problem.t[0]
+                   if config.batch_axis is not None else problem.t))  # fmt: skip
+        if config.batch_axis is not None:
+            fn = problem.make_fn(problem.args)
+            captured = captured_tensors(fn, problem.t[:, 0], problem.leaves, func=func)
+            extra = [c for c in captured if all(c is not a for a in problem.args)]
+            fn = guard_nonfinite_rows(fn, problem.args + extra)
+            ys, stats = integrate_per_sample(fn, problem.leaves, problem.t, *forward,
+                                             inputs_valid=problem.inputs_valid)  # fmt: skip
+            ys = [tf.convert_to_tensor(y) for y in ys]
+        elif config.adjoint:
             ys, stats = adjoint_integrate(
-                problem.make_fn, problem.leaves, problem.t, problem.args, *forward, config,
-                inputs_valid=problem.inputs_valid, backward_stats=backward_stats,
+                problem.make_fn, problem.leaves, problem.t, problem.args, *forward,
+                _backward_solve(problem, raise_on_failure), inputs_valid=problem.inputs_valid,
+                backward_stats=backward_stats,
             )  # fmt: skip
         else:
-            ys, stats = integrate(
-                problem.make_fn(problem.args), problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid
-            )
+            fn = problem.make_fn(problem.args)
+            # Backpropagation through the loop must not see rejected steps' NaN derivatives.
+            captured = captured_tensors(fn, problem.t[0], problem.leaves, func=func)
+            extra = [c for c in captured if all(c is not a for a in problem.args)]
+            fn = guard_nonfinite_gradients(fn, problem.args + extra)
+            ys, stats = integrate(fn, problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid)
         if raise_on_failure:
-            ys = raise_on_failure_(ys, stats, problem.t[-1])
+            ys = raise_on_failure_(ys, stats, problem.t[..., -1])
         return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
 
 
-def _adjoint_config(problem, method, rtol, atol, options, norm, raise_on_failure):
-    if norm not in ("seminorm", "full"):
-        raise ValueError(f"adjoint_norm must be 'seminorm' or 'full', got {norm!r}.")
-    tableau = problem.tableau if method is None else get_tableau(method)
-    leaves, structure = problem.leaves, problem.structure
-    if rtol is None:
-        rtol_leaves = problem.rtol
-    else:
-        rtol_leaves, _ = v.as_tolerance("adjoint_rtol", rtol, leaves, structure)
-    if atol is None:
-        atol_leaves = problem.atol
-    else:
-        atol_leaves, _ = v.as_tolerance("adjoint_atol", atol, leaves, structure)
-    if options is None and method is None:
-        step_options, controller = problem.step_options, problem.controller
-    else:
-        # A backward segment runs between two output times: no grid of t to step on.
-        segment = tf.zeros([3], problem.t.dtype)
-        step_options, controller = _parse_options(options, tableau, segment, problem.t.dtype)
-    return AdjointConfig(
-        tableau=tableau,
-        rtol=rtol_leaves,
-        atol=atol_leaves,
-        controller=controller,
-        step_options=step_options,
-        seminorm=norm == "seminorm",
+def _backward_solve(problem, raise_on_failure):
+    """The adjoint's ``BackwardSolve`` from the problem's ``SolverConfig``."""
+    config = problem.config
+    rtol, atol = problem.rtol, problem.atol
+    if config.adjoint_rtol is not None:
+        rtol, _ = v.as_tolerance("adjoint_rtol", config.adjoint_rtol, problem.leaves, problem.structure)
+    if config.adjoint_atol is not None:
+        atol, _ = v.as_tolerance("adjoint_atol", config.adjoint_atol, problem.leaves, problem.structure)
+    budget = config.adjoint_max_num_steps or config.max_num_steps or DEFAULT_MAX_NUM_STEPS
+    return BackwardSolve(
+        tableau=config.backward_tableau,
+        rtol=rtol,
+        atol=atol,
+        controller=config.backward_controller,
+        max_num_steps=int(budget),
+        seminorm=config.adjoint_norm == "seminorm",
         raise_on_failure=raise_on_failure,
     )
 
 
 @tf.autograph.experimental.do_not_convert
-def odeint(
-    func, y0, t, *, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, options=None, name=None, **adjoint_kwargs
-):
+def odeint(func, y0, t, solver=None, **kwargs):
     """Integrate ``dy/dt = func(t, y)`` and return the states at the times ``t``.
 
-    The same arguments as ``tfode.solve`` (``args``, ``adjoint`` and the
-    ``adjoint_*`` keywords pass through); failures always raise.
+    The same arguments as ``tfode.solve`` (a ``SolverConfig`` and/or its keyword
+    conveniences, ``args``, ``backward_stats``); failures always raise.
 
     Returns:
         States with ``y0``'s structure, each leaf ``[len(t), *leaf.shape]``.
+
+    Raises:
+        TypeError: an unknown keyword (named), or ``raise_on_failure``.
 
     Example:
         >>> ys = tfode.odeint(lambda t, y: -y, tf.constant([1.0]), tf.constant([0.0, 1.0]))
         >>> float(ys[-1, 0])  # exp(-1)
         0.36787...
     """
-    if "raise_on_failure" in adjoint_kwargs:
+    if "raise_on_failure" in kwargs:
         raise TypeError("odeint always raises on failure; use tfode.solve(..., raise_on_failure=False).")
-    return solve(
-        func, y0, t, method=method, rtol=rtol, atol=atol, options=options, name=name or "odeint", **adjoint_kwargs
-    ).ys
+    unknown = sorted(set(kwargs) - _SOLVE_KEYWORDS)
+    if unknown:
+        raise TypeError(f"odeint() got unexpected keyword arguments {unknown}; valid: {sorted(_SOLVE_KEYWORDS)}.")
+    kwargs.setdefault("name", "odeint")
+    return solve(func, y0, t, solver, **kwargs).ys
+
+
+_SOLVE_KEYWORDS = frozenset(
+    name
+    for name in inspect.signature(solve).parameters
+    if name not in ("func", "y0", "t", "solver") and not name.startswith("_") and name != "raise_on_failure"
+)

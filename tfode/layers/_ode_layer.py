@@ -9,19 +9,31 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfode._keras_utils import from_config_with_nested
-from tfode._overrides import current_tolerances, record_fn_evals
+from tfode._keras_utils import from_config_with_nested, walk_layers
+from tfode.config import DEFAULTS, SolverConfig, as_config
 from tfode.layers._metrics import VariableValue, replica_counter
-from tfode.solvers import solve
-from tfode.tableaus import get_tableau
+from tfode.solvers import solve, solver_config
+from tfode.stats import SolveStats
 
 __all__ = ["ODELayer", "configure_solver"]
 
 
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+def _float_tolerance(name, value):
+    if tf.is_tensor(value) or not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"ODELayer's {name} must be a Python number (it is a knob variable), got {value!r}.")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-    return float(value)
+    return value
+
+
+class _LastSolve:
+    """Holds the last call's ``SolverStats`` outside Keras' attribute tracking."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self):
+        self.stats = None
 
 
 @keras.saving.register_keras_serializable(package="tfode")
@@ -33,29 +45,33 @@ class ODELayer(keras.layers.Layer):
     ``[batch, len(times), ...]``. The layer owns the vector field (a Keras layer
     with ``call(t, y)``), builds it from the input shape and tracks its weights.
 
-    Tolerances live in non-trainable variables: change them on a trained model
-    (``layer.rtol = 1e-2``) and the next ``predict`` uses them without
-    retracing. Changing the method needs a retrace: use ``configure_solver``.
+    The solver is a ``tfode.SolverConfig`` (``layer.solver``; defaults
+    ``rtol = atol = 1e-3`` with the adjoint, see ``tfode.config``), saved in
+    ``get_config``. Two ways to change tolerances after training:
+
+    * the knob: ``layer.rtol = 1e-2`` assigns a non-trainable variable, so the
+      next ``predict`` uses it without retracing;
+    * per call: ``layer(x, solver=layer.solver.replace(rtol=1e-2, atol=1e-2))``
+      (tolerances may be tensors, e.g. a served request's inputs).
+
+    A new method or controller changes the graph: use ``configure_solver``.
 
     The cost of the last solve is kept in the non-trainable weights
-    ``num_fn_evals_forward`` and ``num_fn_evals_backward`` (adjoint training
-    only) and reported as metrics ``nfe_forward``/``nfe_backward``, visible in
-    the ``fit`` progress bar, ``History`` and TensorBoard. Inference calls
-    (``training=False``: predict, export) solve without the adjoint wrapper.
+    ``num_fn_evals_forward`` and ``num_fn_evals_backward`` (the adjoint's backward
+    solve in training; 0 after an inference call) and reported as the metrics
+    ``<layer name>_nfe_forward``/``<layer name>_nfe_backward`` in ``fit`` and
+    ``evaluate`` logs. Inference calls (``training=False``: predict, export)
+    solve without the adjoint wrapper.
 
     Args:
         vector_field: a Keras layer computing ``dy/dt`` from ``(t, y)`` with ``y``'s shape.
         t0, t1: integration interval (ignored when ``times`` is given).
-        method: solver name (``tfode.method_names()``).
-        rtol, atol: tolerances (defaults ``1e-3``: ODE-Nets train well at loose
-            tolerances; tighten at test time if needed).
-        adjoint: gradients by the adjoint method (memory independent of the
-            number of steps) instead of backpropagation through the solver.
+        solver: a ``tfode.SolverConfig`` (default ``tfode.config.DEFAULTS["ODELayer"]``).
         times: optional strictly monotone output times, ``len >= 2``.
         return_sequences: with ``times``, return every time instead of the last.
-        options: solver options (see ``tfode.solve``), e.g. ``{"step_size": 0.25}``
-            for fixed-step methods.
-        adjoint_method, adjoint_rtol, adjoint_atol, adjoint_norm: backward-solve settings.
+        method, rtol, atol, adjoint, options, adjoint_method, adjoint_rtol,
+            adjoint_atol, adjoint_norm: conveniences that replace fields of ``solver``
+            (as in ``tfode.solve``).
 
     Input shape: ``[batch, ...]``. Output shape: the same, or ``[batch, len(times), ...]``.
 
@@ -73,17 +89,18 @@ class ODELayer(keras.layers.Layer):
         t0=0.0,
         t1=1.0,
         *,
-        method="dopri5",
-        rtol=1e-3,
-        atol=1e-3,
-        adjoint=True,
+        solver=None,
         times=None,
         return_sequences=False,
+        method=None,
+        rtol=None,
+        atol=None,
+        adjoint=None,
         options=None,
         adjoint_method=None,
         adjoint_rtol=None,
         adjoint_atol=None,
-        adjoint_norm="seminorm",
+        adjoint_norm=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,9 +108,14 @@ class ODELayer(keras.layers.Layer):
             raise TypeError(
                 f"vector_field must be a keras.layers.Layer with call(t, y), got {type(vector_field).__name__}."
             )
-        self._method = get_tableau(method).name
-        if adjoint_method is not None:
-            adjoint_method = get_tableau(adjoint_method).name
+        config = solver_config(
+            DEFAULTS["ODELayer"] if solver is None else as_config(solver), method=method, rtol=rtol, atol=atol,
+            adjoint=adjoint, options=options, adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol,
+            adjoint_atol=adjoint_atol, adjoint_norm=adjoint_norm,
+        )  # fmt: skip
+        config.get_config()  # a layer's solver must be serialisable (Python numbers, a named method)
+        _float_tolerance("rtol", config.rtol)
+        _float_tolerance("atol", config.atol)
         if return_sequences and times is None:
             raise ValueError("return_sequences=True needs times=[...] (the output times).")
         if times is None:
@@ -106,44 +128,55 @@ class ODELayer(keras.layers.Layer):
             diffs = np.diff(times)
             if len(times) < 2 or not (np.all(diffs > 0) or np.all(diffs < 0)) or not np.all(np.isfinite(times)):
                 raise ValueError(f"times must hold >= 2 finite, strictly monotone values, got {times!r}.")
-        if adjoint_norm not in ("seminorm", "full"):
-            raise ValueError(f"adjoint_norm must be 'seminorm' or 'full', got {adjoint_norm!r}.")
         self.vector_field = vector_field
         self.times = times
         self.return_sequences = bool(return_sequences)
-        self.adjoint = bool(adjoint)
-        self.options = dict(options or {})
-        self.adjoint_method = adjoint_method
-        self.adjoint_rtol = None if adjoint_rtol is None else _positive("adjoint_rtol", adjoint_rtol)
-        self.adjoint_atol = None if adjoint_atol is None else _positive("adjoint_atol", adjoint_atol)
-        self.adjoint_norm = adjoint_norm
-        self._initial_rtol = _positive("rtol", rtol)
-        self._initial_atol = _positive("atol", atol)
+        self._solver = config
+        self._last_solve = _LastSolve()
 
     # ----------------------------------------------------------------- knobs
     @property
+    def solver(self) -> SolverConfig:
+        """The layer's ``SolverConfig``, with the current knob tolerances."""
+        return self._solver.replace(rtol=self.rtol, atol=self.atol)
+
+    @solver.setter
+    def solver(self, config):
+        config = as_config(config)
+        config.get_config()
+        self._solver = config.replace(rtol=_float_tolerance("rtol", config.rtol),
+                                      atol=_float_tolerance("atol", config.atol))  # fmt: skip
+        if self.built:
+            self._rtol.assign(self._solver.rtol)
+            self._atol.assign(self._solver.atol)
+
+    @property
     def method(self):
-        return self._method
+        return self._solver.method
+
+    @property
+    def adjoint(self):
+        return self._solver.adjoint
 
     @property
     def rtol(self):
-        return float(self._rtol.numpy()) if self.built else self._initial_rtol
+        return self._solver.rtol
 
     @rtol.setter
     def rtol(self, value):
-        self._initial_rtol = _positive("rtol", value)
+        self._solver = self._solver.replace(rtol=_float_tolerance("rtol", value))
         if self.built:
-            self._rtol.assign(self._initial_rtol)
+            self._rtol.assign(self._solver.rtol)
 
     @property
     def atol(self):
-        return float(self._atol.numpy()) if self.built else self._initial_atol
+        return self._solver.atol
 
     @atol.setter
     def atol(self, value):
-        self._initial_atol = _positive("atol", value)
+        self._solver = self._solver.replace(atol=_float_tolerance("atol", value))
         if self.built:
-            self._atol.assign(self._initial_atol)
+            self._atol.assign(self._solver.atol)
 
     # ----------------------------------------------------------------- Keras
     def build(self, input_shape):
@@ -154,7 +187,7 @@ class ODELayer(keras.layers.Layer):
         y_spec = keras.KerasTensor(input_shape, dtype=self.compute_dtype)
         try:
             out = self.vector_field(t_spec, y_spec)
-        except Exception as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(
                 f"vector_field {self.vector_field.name!r} must be callable as vector_field(t, y) with t a scalar "
                 f"and y of shape {input_shape}; calling it failed: {err}"
@@ -164,51 +197,59 @@ class ODELayer(keras.layers.Layer):
             a is not None and b is not None and a != b for a, b in zip(out_shape[1:], input_shape[1:])
         ):
             raise ValueError(f"vector_field must return dy/dt with the input's shape {input_shape}, got {out_shape}.")
-        self._rtol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._initial_rtol),
+        self._rtol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._solver.rtol),
                                      trainable=False, name="rtol", dtype="float32")  # fmt: skip
-        self._atol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._initial_atol),
+        self._atol = self.add_weight(shape=(), initializer=keras.initializers.Constant(self._solver.atol),
                                      trainable=False, name="atol", dtype="float32")  # fmt: skip
-        # Cost of the last forward/backward solve; the metrics below report them.
-        # Written per replica under tf.distribute, read as the mean over replicas.
+        # Cost of the last forward/backward solve; the metrics below report them, named per
+        # layer so that two ODELayers in one model both show. Written per replica under
+        # tf.distribute, read as the mean over replicas.
         self.num_fn_evals_forward = replica_counter("nfe_forward")
         self.num_fn_evals_backward = replica_counter("nfe_backward")
-        self.nfe_forward = VariableValue(self.num_fn_evals_forward, name="nfe_forward")
-        self.nfe_backward = VariableValue(self.num_fn_evals_backward, name="nfe_backward")
+        self.nfe_forward = VariableValue(self.num_fn_evals_forward, name=f"{self.name}_nfe_forward")
+        self.nfe_backward = VariableValue(self.num_fn_evals_backward, name=f"{self.name}_nfe_backward")
+        self._backward_stats = SolveStats(f"{self.name}_backward_stats", num_fn_evals=self.num_fn_evals_backward,
+                                          num_steps=False, status=False)  # fmt: skip
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, solver=None):
+        """Solve from ``inputs``; ``solver`` (a ``SolverConfig``) replaces the layer's for this call.
+
+        After the call, ``layer.last_solve_stats`` holds this call's ``SolverStats``
+        (tensors of the graph being traced, or eager values), which
+        ``tfode.serving`` returns per request.
+        """
+
         def field(t, y):
             return self.vector_field(t, y)
 
-        override = current_tolerances()
-        if override is not None:
-            rtol, atol = (tf.cast(x, tf.float32) for x in override)
+        if solver is None:
+            config = self._solver.replace(rtol=tf.convert_to_tensor(self._rtol), atol=tf.convert_to_tensor(self._atol))
         else:
-            rtol, atol = tf.convert_to_tensor(self._rtol), tf.convert_to_tensor(self._atol)
+            config = as_config(solver)
         # Inference graphs (predict, export) need no custom gradient.
-        use_adjoint = self.adjoint and training is not False
+        if training is False and config.adjoint:
+            config = config.replace(adjoint=False)
         times = tf.constant(self.times, dtype=tf.float64 if inputs.dtype == tf.float64 else tf.float32)
-        solution = solve(
-            field,
-            inputs,
-            times,
-            method=self._method,
-            rtol=rtol,
-            atol=atol,
-            options=self.options or None,
-            adjoint=use_adjoint,
-            adjoint_method=self.adjoint_method,
-            adjoint_rtol=self.adjoint_rtol,
-            adjoint_atol=self.adjoint_atol,
-            adjoint_norm=self.adjoint_norm,
-            backward_stats=_BackwardRecorder(self.num_fn_evals_backward) if use_adjoint else None,
-        )
-        self.num_fn_evals_forward.assign(tf.cast(solution.stats.num_fn_evals, tf.float32))
-        record_fn_evals(solution.stats.num_fn_evals)
+        solution = solve(field, inputs, times, config,
+                         backward_stats=self._backward_stats if config.adjoint else None)  # fmt: skip
+        self._record_forward(solution.stats, backward=config.adjoint)
+        self._last_solve.stats = solution.stats
         ys = solution.ys
         if self.return_sequences:
             rank = len(ys.shape)
             return tf.transpose(ys, [1, 0, *range(2, rank)])
         return ys[-1]
+
+    @property
+    def last_solve_stats(self):
+        """The ``SolverStats`` of the last call (graph tensors while tracing), or ``None``."""
+        return self._last_solve.stats
+
+    def _record_forward(self, stats, backward):
+        """Record a forward solve's cost; without an adjoint the backward count is 0."""
+        self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
+        if not backward:
+            self.num_fn_evals_backward.assign(0.0)
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
@@ -220,17 +261,9 @@ class ODELayer(keras.layers.Layer):
         config = super().get_config()
         config.update(
             vector_field=keras.saving.serialize_keras_object(self.vector_field),
-            method=self._method,
-            rtol=self.rtol,
-            atol=self.atol,
-            adjoint=self.adjoint,
+            solver=self.solver.get_config(),
             times=list(self.times),
             return_sequences=self.return_sequences,
-            options=self.options,
-            adjoint_method=self.adjoint_method,
-            adjoint_rtol=self.adjoint_rtol,
-            adjoint_atol=self.adjoint_atol,
-            adjoint_norm=self.adjoint_norm,
         )
         return config
 
@@ -239,40 +272,34 @@ class ODELayer(keras.layers.Layer):
         return from_config_with_nested(cls, config, "vector_field")
 
 
-class _BackwardRecorder:
-    """Where the adjoint's backward pass writes its evaluation count."""
-
-    def __init__(self, variable):
-        self.num_fn_evals = variable
-
-
-def configure_solver(model, *, method=None, rtol=None, atol=None):
+def configure_solver(model, solver=None, *, method=None, rtol=None, atol=None):
     """Change the solver of every ``ODELayer`` in a (trained) model.
 
     Tolerances are variables, so changing only them needs no retrace. A new
-    ``method`` changes the graph: the model's compiled predict/train/test
-    functions are dropped so the next call retraces with it.
+    method or controller changes the graph: the model's compiled predict, train
+    and test functions are rebuilt (``make_*_function(force=True)``) so the next
+    call retraces with it.
 
     Args:
         model: a Keras model or layer containing ``ODELayer``s.
-        method: optional new method name.
-        rtol, atol: optional new tolerances.
+        solver: optional new ``SolverConfig`` for every layer.
+        method, rtol, atol: optional replacements of single fields.
 
     Returns:
         The list of ``ODELayer``s changed.
     """
-    layers = [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, ODELayer)]
+    layers = [layer for layer in walk_layers(model) if isinstance(layer, ODELayer)]
     if not layers:
         raise ValueError("model contains no ODELayer.")
+    retrace = False
     for layer in layers:
-        if rtol is not None:
-            layer.rtol = rtol
-        if atol is not None:
-            layer.atol = atol
-        if method is not None:
-            layer._method = get_tableau(method).name
-    if method is not None:
-        for attr in ("predict_function", "train_function", "test_function"):
-            if hasattr(model, attr):
-                setattr(model, attr, None)
+        old = layer.solver
+        new = solver_config(old if solver is None else solver, method=method, rtol=rtol, atol=atol)
+        layer.solver = new
+        retrace = retrace or old.replace(rtol=new.rtol, atol=new.atol) != new
+    if retrace and isinstance(model, keras.Model):
+        model.make_predict_function(force=True)
+        if model.compiled:
+            model.make_train_function(force=True)
+            model.make_test_function(force=True)
     return layers

@@ -13,10 +13,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfode._overrides import current_tolerances
+from tfode.config import DEFAULTS, as_config
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._irregular import next_observed_gaps
-from tfode.solvers import solve
+from tfode.models._recurrence import evolve_over_gaps, run_cell
+from tfode.solvers import solver_config
 
 __all__ = ["ODERNNEncoder", "RNNEncoder"]
 
@@ -95,7 +96,8 @@ class RNNEncoder(keras.layers.Layer):
         self.rnn.build((None, None, _feature_width(values_shape)))
         self.head.build((None, self.units))
 
-    def call(self, times, values, mask):
+    def call(self, times, values, mask, solver=None):
+        """``solver`` is accepted for a uniform encoder interface and unused (no ODE)."""
         features, steps = _encoder_inputs(times, values, mask)
         return self.head(self.rnn(features, mask=steps))
 
@@ -104,44 +106,32 @@ class RNNEncoder(keras.layers.Layer):
 
 
 class _ODEGRUCell(keras.layers.Layer):
-    """ODE-RNN cell: evolve the hidden state by ``dh/dt = f(h)`` over the gap, then a GRU update.
+    """ODE-RNN cell read backwards: evolve the hidden state by ``dh/dt = f(h)`` back over the gap, then a GRU update.
 
     Inputs per step: ``[values*mask, mask, gap]`` (``[B, 2D+1]``). Rows whose
     mask is all zero (the virtual origin step) keep the evolved state: no GRU
     update.
     """
 
-    def __init__(self, units, field_hidden, method, rtol, atol, **kwargs):
+    def __init__(self, units, field_hidden, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self.state_size = units
         self.output_size = units
         self.field = TimeMLP(field_hidden, time_embedding="none")
         self.gru = keras.layers.GRUCell(units)
-        self.solver = dict(method=method, rtol=rtol, atol=atol)
 
     def build(self, input_shape):
         self.field.build((), (None, self.units))
         self.gru.build((None, input_shape[-1] - 1))
 
-    def call(self, inputs, states):
-        h = states[0] if isinstance(states, (list, tuple)) else states
+    def call(self, inputs, states, solver):
+        (h,) = states
         gap = inputs[:, -1:]
         observation = inputs[:, :-1]
         dim = (inputs.shape[-1] - 1) // 2
         observed = tf.reduce_any(observation[:, dim:] > 0, axis=-1, keepdims=True)
-        solver = dict(self.solver)
-        override = current_tolerances()
-        if override is not None:
-            solver["rtol"], solver["atol"] = override
-
-        # Read backwards: h moves from the later observation back by `gap`;
-        # with s in [0, 1], dh/ds = -gap * f(h) covers every series' own gap.
-        def dynamics(s, h):
-            return -gap * self.field(s, h)
-
-        unit = tf.constant([0.0, 1.0], dtype=tf.float64 if h.dtype == tf.float64 else tf.float32)
-        h = solve(dynamics, h, unit, options={"max_num_steps": 256}, **solver).ys[-1]
+        # Read backwards: h moves from the later observation back by `gap`.
+        h = evolve_over_gaps(self.field, h, -gap, solver)
         updated, _ = self.gru(observation, [h])
         h = tf.where(observed, updated, h)
         return h, [h]
@@ -160,25 +150,36 @@ class ODERNNEncoder(keras.layers.Layer):
         latent_dim: size of ``z0``.
         units: hidden width.
         field_hidden: hidden widths of ``f``.
-        method, rtol, atol: solver between observations.
+        solver: a ``tfode.SolverConfig`` for the solves between observations
+            (default ``tfode.config.DEFAULTS["encoder"]``; fixed-step methods take 4
+            equal steps per gap unless the config has a controller; never the adjoint).
+        method, rtol, atol: conveniences replacing fields of ``solver``.
+
+    Call:
+        ``encoder(times, values, mask, solver=None)`` → ``(mean, log_var)``, each
+        ``[B, latent_dim]``; ``solver`` replaces the encoder's config for this call.
     """
 
-    def __init__(self, latent_dim, units=25, field_hidden=(25,), method="dopri5", rtol=1e-3, atol=1e-4, **kwargs):
+    def __init__(self, latent_dim, units=25, field_hidden=(25,), *, solver=None, method=None, rtol=None, atol=None,
+                 **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.latent_dim, self.units = int(latent_dim), int(units)
         self.field_hidden = tuple(field_hidden)
-        self.method, self.rtol, self.atol = method, float(rtol), float(atol)
-        cell = _ODEGRUCell(self.units, self.field_hidden, method, self.rtol, self.atol)
-        self.rnn = keras.layers.RNN(cell, go_backwards=True)
+        base = DEFAULTS["encoder"] if solver is None else as_config(solver)
+        self.solver = solver_config(base, method=method, rtol=rtol, atol=atol)
+        self.cell = _ODEGRUCell(self.units, self.field_hidden)
         self.head = _GaussianHead(self.latent_dim)
 
     def build(self, times_shape, values_shape, mask_shape=None):
-        self.rnn.build((None, None, _feature_width(values_shape)))
+        self.cell.build((None, _feature_width(values_shape)))
         self.head.build((None, self.units))
 
-    def call(self, times, values, mask):
+    def call(self, times, values, mask, solver=None):
         features, steps = _encoder_inputs(times, values, mask)
-        return self.head(self.rnn(features, mask=steps))
+        h0 = tf.zeros(tf.stack([tf.shape(features)[0], self.units]), features.dtype)
+        config = self.solver if solver is None else as_config(solver)
+        _, (h,) = run_cell(self.cell, features, [h0], mask=steps, reverse=True, solver=config)
+        return self.head(h)
 
     def get_config(self):
         return {
@@ -186,7 +187,5 @@ class ODERNNEncoder(keras.layers.Layer):
             "latent_dim": self.latent_dim,
             "units": self.units,
             "field_hidden": list(self.field_hidden),
-            "method": self.method,
-            "rtol": self.rtol,
-            "atol": self.atol,
+            "solver": self.solver.get_config(),
         }

@@ -8,16 +8,12 @@ import tensorflow_probability as tfp
 
 from tfode._keras_utils import from_config_with_nested
 from tfode.bijectors import ContinuousFlowBijector
+from tfode.config import DEFAULTS, as_config
 from tfode.layers._metrics import VariableValue, replica_counter
+from tfode.solvers import solver_config
+from tfode.stats import SolveStats
 
 __all__ = ["ContinuousFlow"]
-
-
-class _Recorder:
-    """Where the bijector writes a solve's evaluation count (a float32 Keras weight)."""
-
-    def __init__(self, variable):
-        self.num_fn_evals = variable
 
 
 @keras.saving.register_keras_serializable(package="tfode")
@@ -47,7 +43,7 @@ class ContinuousFlow(keras.Model):
     Args:
         vector_field: Keras layer ``f(t, z)`` (e.g. ``tfode.layers.TimeMLP``).
         dim: event size ``D``.
-        trace, noise, method, rtol, atol, adjoint, seed: see ``ContinuousFlowBijector``.
+        trace, noise, solver, method, rtol, atol, adjoint, seed: see ``ContinuousFlowBijector``.
         kinetic_weight, jacobian_weight: RNODE weights (0 disables a term).
 
     Example:
@@ -65,10 +61,11 @@ class ContinuousFlow(keras.Model):
         *,
         trace="exact",
         noise="rademacher",
-        method="dopri5",
-        rtol=1e-5,
-        atol=1e-5,
-        adjoint=True,
+        solver=None,
+        method=None,
+        rtol=None,
+        atol=None,
+        adjoint=None,
         kinetic_weight=0.0,
         jacobian_weight=0.0,
         seed=0,
@@ -86,15 +83,19 @@ class ContinuousFlow(keras.Model):
         self.dim = dim
         self.kinetic_weight = float(kinetic_weight)
         self.jacobian_weight = float(jacobian_weight)
-        self._flow_config = dict(trace=trace, noise=noise, method=method, rtol=rtol, atol=atol,
-                                 adjoint=adjoint, seed=seed)  # fmt: skip
+        base = DEFAULTS["ContinuousFlowBijector"] if solver is None else as_config(solver)
+        self.solver = solver_config(base, method=method, rtol=rtol, atol=atol, adjoint=adjoint)
+        self._flow_config = dict(trace=trace, noise=noise, seed=seed)
         self._create_trackers()
         self.bijector = ContinuousFlowBijector(
             vector_field,
-            solve_stats=_Recorder(self.num_fn_evals_forward),
-            backward_stats=_Recorder(self.num_fn_evals_backward),
+            solver=self.solver,
+            solve_stats=SolveStats("forward_stats", num_fn_evals=self.num_fn_evals_forward, num_steps=False,
+                                   status=False),
+            backward_stats=SolveStats("backward_stats", num_fn_evals=self.num_fn_evals_backward, num_steps=False,
+                                      status=False),
             **self._flow_config,
-        )
+        )  # fmt: skip
         self.base = tfp.distributions.MultivariateNormalDiag(tf.zeros([dim]))
         self.distribution = tfp.distributions.TransformedDistribution(self.base, self.bijector)
         self._loss_wanted = False  # set by test_step: evaluate computes the training objective
@@ -122,14 +123,20 @@ class ContinuousFlow(keras.Model):
             raise ValueError(f"ContinuousFlow(dim={self.dim}) got inputs of shape {input_shape}.")
         self.vector_field(keras.KerasTensor((), dtype="float32"), keras.KerasTensor(tuple(input_shape)))
 
-    def call(self, x, training=None):
-        """``log p(x)`` per sample, ``[batch]``; adds the loss terms when training or evaluating."""
+    def call(self, x, training=None, solver=None):
+        """``log p(x)`` per sample, ``[batch]``; adds the loss terms when training or evaluating.
+
+        ``solver`` (a ``SolverConfig``) replaces the flow's for this call (inference only).
+        """
         with_loss = bool(training) or self._loss_wanted
         if with_loss and self.regularized:
             z, ildj, terms = self.bijector.inverse_and_regularization(x)
         else:
-            z = self.bijector.inverse(x)
-            ildj = self.bijector.inverse_log_det_jacobian(x, event_ndims=1)
+            config = self.solver if solver is None else as_config(solver)
+            if not with_loss:
+                config = config.replace(adjoint=False)  # inference needs no custom gradient
+                self.num_fn_evals_backward.assign(0.0)
+            z, ildj = self.bijector.inverse_and_log_det(x, solver=config)
             terms = {}
         log_prob = self.base.log_prob(z) + ildj
         if with_loss:
@@ -166,12 +173,6 @@ class ContinuousFlow(keras.Model):
         finally:
             self._loss_wanted = False
 
-    def load_own_variables(self, store):
-        """Loads the NFE counters; a file saved before they existed has none (keep zeros)."""
-        if len(store.keys()) == 0:
-            return
-        super().load_own_variables(store)
-
     def log_prob(self, x):
         return self(x, training=False)
 
@@ -189,6 +190,7 @@ class ContinuousFlow(keras.Model):
             dim=self.dim,
             kinetic_weight=self.kinetic_weight,
             jacobian_weight=self.jacobian_weight,
+            solver=self.solver.get_config(),
             **self._flow_config,
         )
         return config

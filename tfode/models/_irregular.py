@@ -117,7 +117,7 @@ def next_observed_gaps(times, step_observed):
     return tf.where(tf.math.is_finite(next_time), next_time - times, tf.zeros_like(times))
 
 
-def solve_at_series_times(func, z0, times, **solver_kwargs):
+def solve_at_series_times(func, z0, times, solver):
     """Solve ``dz/dt = func(t, z)`` from ``z(0) = z0`` at shared or per-series times.
 
     Per-series times ``[B, Q]`` are merged into one sorted grid (repeats
@@ -128,7 +128,7 @@ def solve_at_series_times(func, z0, times, **solver_kwargs):
         func: vector field on ``[B, L]``.
         z0: ``[B, L]`` at ``t = 0``.
         times: ``[Q]`` or ``[B, Q]``, ``>= 0``, non-decreasing per series.
-        **solver_kwargs: passed to ``tfode.solve``.
+        solver: the ``SolverConfig``.
 
     Returns:
         ``(zs, stats)``: ``zs`` ``[B, Q, L]``.
@@ -137,13 +137,13 @@ def solve_at_series_times(func, z0, times, **solver_kwargs):
     zero = tf.zeros([1], times.dtype)
     if times.shape.rank == 1:
         grid = tf.concat([zero, times], axis=0)
-        solution = solve(func, z0, grid, _allow_repeated_times=True, **solver_kwargs)
+        solution = solve(func, z0, grid, solver, _allow_repeated_times=True)
         return tf.transpose(solution.ys[1:], [1, 0, 2]), solution.stats
     batch, length = tf.shape(times)[0], tf.shape(times)[1]
     flat = tf.reshape(times, [-1])
     order = tf.argsort(flat, stable=True)
     grid = tf.concat([zero, tf.gather(flat, order)], axis=0)  # length 1 + B*Q, dynamic when B is
-    solution = solve(func, z0, grid, _allow_repeated_times=True, **solver_kwargs)
+    solution = solve(func, z0, grid, solver, _allow_repeated_times=True)
     position = tf.math.invert_permutation(order) + 1  # row of each (series, query) in the grid
     series = tf.repeat(tf.range(batch), length)
     zs = tf.gather_nd(solution.ys, tf.stack([position, series], axis=1))

@@ -8,11 +8,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfode._overrides import current_tolerances
+from tfode.config import DEFAULTS, as_config
 from tfode.layers._metrics import replica_counter
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
 from tfode.models._irregular import solve_at_series_times, unpack_inputs
+from tfode.solvers import solver_config
 
 __all__ = [
     "LatentODE",
@@ -127,7 +128,11 @@ class LatentODE(keras.Model):
         field_hidden: hidden widths of ``f`` (paper: (20,)).
         decoder_hidden: hidden widths of the decoder (paper: (20,)).
         obs_std: observation noise std of the likelihood (paper: 0.3 for spirals).
-        method, rtol, atol, adjoint: latent solver settings.
+        solver: the latent solve's ``tfode.SolverConfig`` (default
+            ``tfode.config.DEFAULTS["LatentODE"]``: dopri5, rtol 1e-3, atol 1e-4, adjoint).
+        encoder_solver: the ODE-RNN encoder's (default: ``solver`` without the adjoint
+            and with a budget of 256 steps per gap).
+        method, rtol, atol, adjoint: conveniences replacing fields of ``solver``.
         kl_weight: weight of the prior/KL term.
         iwae_samples: ``K``, posterior samples per series in training.
         poisson: model observation times as a Poisson process.
@@ -154,10 +159,12 @@ class LatentODE(keras.Model):
         field_hidden=(20,),
         decoder_hidden=(20,),
         obs_std=0.3,
-        method="dopri5",
-        rtol=1e-3,
-        atol=1e-4,
-        adjoint=True,
+        solver=None,
+        encoder_solver=None,
+        method=None,
+        rtol=None,
+        atol=None,
+        adjoint=None,
         kl_weight=1.0,
         iwae_samples=1,
         poisson=False,
@@ -191,11 +198,15 @@ class LatentODE(keras.Model):
         self.num_classes, self.classifier_hidden = num_classes, tuple(classifier_hidden)
         self.classification_weight = float(classification_weight)
         self.seed = int(np.random.randint(2**31 - 1)) if seed is None else int(seed)
-        self.solver = dict(method=method, rtol=rtol, atol=atol, adjoint=adjoint)
+        base = DEFAULTS["LatentODE"] if solver is None else as_config(solver)
+        self.solver = solver_config(base, method=method, rtol=rtol, atol=atol, adjoint=adjoint)
+        if encoder_solver is None:
+            encoder_solver = self.solver.replace(adjoint=False, max_num_steps=DEFAULTS["encoder"].max_num_steps)
+        self.encoder_solver = as_config(encoder_solver)
         if encoder == "rnn":
             self.encoder = RNNEncoder(latent_dim, encoder_units)
         else:
-            self.encoder = ODERNNEncoder(latent_dim, encoder_units)
+            self.encoder = ODERNNEncoder(latent_dim, encoder_units, solver=self.encoder_solver)
         self.field = TimeMLP(self.field_hidden, activation="elu", time_embedding="none")
         self.decoder = _mlp(self.decoder_hidden, obs_dim)
         self.log_rate = keras.layers.Dense(obs_dim) if self.poisson else None
@@ -221,28 +232,28 @@ class LatentODE(keras.Model):
             raise ValueError("query_times must be non-decreasing within each series.")
         return times, values, mask, query
 
-    def encode(self, inputs):
+    def _solvers(self, solver):
+        """``(latent config, encoder config)`` for a call: the model's, or ``solver``'s tolerances on both."""
+        if solver is None:
+            return self.solver, self.encoder_solver
+        solver = as_config(solver)
+        return solver, self.encoder_solver.replace(rtol=solver.rtol, atol=solver.atol)
+
+    def encode(self, inputs, solver=None):
         """``(mean, log_var)`` of ``q(z0 | observations)``, each ``[B, latent_dim]``."""
         times, values, mask, _ = self._unpack(inputs)
-        return self.encoder(times, values, mask)
+        return self.encoder(times, values, mask, solver=self._solvers(solver)[1])
 
-    def latent_trajectory(self, z0, query_times):
+    def latent_trajectory(self, z0, query_times, solver=None):
         """``z`` at the query times, ``[B, Q, latent_dim]``, from ``z(0) = z0``."""
-        zs, stats = self._solve_latent(z0, query_times)
+        zs, stats = self._solve_latent(z0, query_times, self._solvers(solver)[0])
         self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
         return zs
 
-    def _solver_settings(self):
-        solver = dict(self.solver)
-        override = current_tolerances()
-        if override is not None:
-            solver["rtol"], solver["atol"] = override
-        return solver
+    def _solve_latent(self, z0, query_times, solver):
+        return solve_at_series_times(lambda t, z: self.field(t, z), z0, query_times, solver)
 
-    def _solve_latent(self, z0, query_times):
-        return solve_at_series_times(lambda t, z: self.field(t, z), z0, query_times, **self._solver_settings())
-
-    def _solve_with_intensity(self, z0, times):
+    def _solve_with_intensity(self, z0, times, solver):
         """``(z [B, T, L], log λ [B, T, D], ∫_0^{t_end} λ dt [B, D], stats)``: ``[z, Λ]`` in one solve."""
         latent = self.latent_dim
 
@@ -251,24 +262,28 @@ class LatentODE(keras.Model):
             return tf.concat([self.field(t, z), tf.exp(self.log_rate(z))], axis=-1)
 
         start = tf.concat([z0, tf.zeros([tf.shape(z0)[0], self.obs_dim], z0.dtype)], axis=-1)
-        states, stats = solve_at_series_times(augmented, start, times, **self._solver_settings())
+        states, stats = solve_at_series_times(augmented, start, times, solver)
         zs = states[..., :latent]
         return zs, self.log_rate(zs), states[:, -1, latent:], stats
 
-    def predict_mean(self, times, values, mask, query_times):
-        """Posterior-mean prediction without side effects (serving).
+    def serving_outputs(self, times, values, mask, query_times, solver=None):
+        """Posterior-mean prediction without side effects (what ``tfode.serving`` exports).
+
+        Args:
+            times, query_times: ``[B, T]``, ``[B, Q]``; values, mask: ``[B, T, D]``.
+            solver: optional ``SolverConfig`` for this call (its tolerances also reach the encoder).
 
         Returns:
-            ``(mean [B, Q, D], num_fn_evals)`` of the latent solve.
+            ``{"mean": [B, Q, D], "num_fn_evals": []}`` (the latent solve's), plus
+            ``"logits"`` ``[B, C]`` with a classifier.
         """
-        predicted, num_fn_evals, _ = self._predict_from_posterior_mean(times, values, mask, query_times)
-        return predicted, num_fn_evals
-
-    def _predict_from_posterior_mean(self, times, values, mask, query_times):
-        """``(mean [B, Q, D], num_fn_evals, z0 [B, L])`` from one encoder run and one latent solve."""
-        z0, _ = self.encoder(times, values, mask)
-        zs, stats = self._solve_latent(z0, query_times)
-        return self.decoder(zs), stats.num_fn_evals, z0
+        latent, encoder = self._solvers(solver)
+        z0, _ = self.encoder(times, values, mask, solver=encoder)
+        zs, stats = self._solve_latent(z0, query_times, latent)
+        outputs = {"mean": self.decoder(zs), "num_fn_evals": stats.num_fn_evals}
+        if self.classifier is not None:
+            outputs["logits"] = self.classifier(z0)
+        return outputs
 
     def classify(self, inputs):
         """Class logits ``[B, C]`` from the posterior mean of ``z0`` (needs ``num_classes``)."""
@@ -283,26 +298,26 @@ class LatentODE(keras.Model):
         noise = self._posterior_noise.normal(shape, dtype=mean.dtype)
         return mean + tf.exp(0.5 * log_var) * noise
 
-    def _observation_log_likelihood(self, z0, times, values, mask):
+    def _observation_log_likelihood(self, z0, times, values, mask, solver):
         """``log p(x | z0)`` per row of ``z0`` ``[N, L]`` (``N`` a multiple of ``B``), and ``z`` at ``times``."""
         repeats = tf.shape(z0)[0] // tf.shape(values)[0]
         if times.shape.rank == 2:
             times = tf.tile(times, [repeats, 1])
         values, mask = tf.tile(values, [repeats, 1, 1]), tf.tile(mask, [repeats, 1, 1])
         if self.poisson:
-            zs, log_rate, integrated, stats = self._solve_with_intensity(z0, times)
+            zs, log_rate, integrated, stats = self._solve_with_intensity(z0, times, solver)
             extra = poisson_process_log_likelihood(log_rate, integrated, mask)
         else:
-            zs, stats = self._solve_latent(z0, times)
+            zs, stats = self._solve_latent(z0, times, solver)
             extra = 0.0
         self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
         return masked_gaussian_log_likelihood(values, self.decoder(zs), self.obs_std, mask) + extra, zs
 
-    def _training_loss(self, mean, log_var, z0_samples, times, values, mask):
+    def _training_loss(self, mean, log_var, z0_samples, times, values, mask, solver):
         """``-bound`` (mean over series) and the latent trajectory of the first sample at ``times``."""
         samples, batch = self.iwae_samples, tf.shape(mean)[0]
         flat = tf.reshape(z0_samples, [-1, self.latent_dim])
-        log_likelihood, zs = self._observation_log_likelihood(flat, times, values, mask)
+        log_likelihood, zs = self._observation_log_likelihood(flat, times, values, mask, solver)
         log_likelihood = tf.reshape(log_likelihood, [samples, batch])
         if samples == 1:
             bound = log_likelihood[0] - self.kl_weight * gaussian_kl(mean, log_var)
@@ -313,17 +328,20 @@ class LatentODE(keras.Model):
             bound = tf.reduce_logsumexp(log_weights, axis=0) - math.log(samples)
         return -tf.reduce_mean(bound), zs[:batch]
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, solver=None):
+        """See the class docstring; ``solver`` (a ``SolverConfig``) replaces the model's for
+        this call, and its tolerances replace the encoder's."""
         times, values, mask, query = self._unpack(inputs)
-        mean, log_var = self.encoder(times, values, mask)
+        latent_solver, encoder_solver = self._solvers(solver)
+        mean, log_var = self.encoder(times, values, mask, solver=encoder_solver)
         if not training:
             z0 = mean
-            predicted = self.decoder(self.latent_trajectory(z0, query))
+            predicted = self.decoder(self.latent_trajectory(z0, query, latent_solver.replace(adjoint=False)))
         else:
             z0_samples = self._sample_z0(mean, log_var)
             z0 = z0_samples[0]
-            loss, zs_observed = self._training_loss(mean, log_var, z0_samples, times, values, mask)
-            zs_query = zs_observed if query is times else self.latent_trajectory(z0, query)
+            loss, zs_observed = self._training_loss(mean, log_var, z0_samples, times, values, mask, latent_solver)
+            zs_query = zs_observed if query is times else self.latent_trajectory(z0, query, latent_solver)
             predicted = self.decoder(zs_query)
             if self.classifier is not None:
                 loss += self.classification_weight * self._classification_loss(inputs, z0_samples)
@@ -368,7 +386,8 @@ class LatentODE(keras.Model):
             classifier_hidden=list(self.classifier_hidden),
             classification_weight=self.classification_weight,
             seed=self.seed,
-            **self.solver,
+            solver=self.solver.get_config(),
+            encoder_solver=self.encoder_solver.get_config(),
         )
         return config
 

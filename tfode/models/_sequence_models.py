@@ -2,7 +2,8 @@
 
 Both read a series forwards in time and predict the observation mean at any
 query time from the observations *strictly before* it. They share one
-recurrence, run by ``keras.layers.RNN`` over a cell that carries
+recurrence, run by ``run_cell`` (which hands the cell a per-call ``SolverConfig``)
+over a cell that carries
 
 * ``h``: the hidden state right after the last observed step, at time ``t_last``;
 * ``h_before``: the hidden state after the last observation strictly before
@@ -31,17 +32,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfode._overrides import current_tolerances
+from tfode.config import DEFAULTS, as_config
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._irregular import unpack_inputs
 from tfode.models._latent_ode import masked_gaussian_log_likelihood
-from tfode.solvers import solve
-from tfode.tableaus import get_tableau
+from tfode.models._recurrence import evolve_over_gaps, run_cell
+from tfode.solvers import solver_config
 
 __all__ = ["GRUBaseline", "ODERNN"]
-
-# Fixed-step methods cover each gap (s in [0, 1]) in this many equal steps.
-_FIXED_STEPS_PER_GAP = 4
 
 
 # ---------------------------------------------------------------------------
@@ -64,7 +62,7 @@ class _ForwardCell(keras.layers.Layer):
         self.state_size = [units, 1, units, 1]
         self.output_size = units
 
-    def _advance(self, h, gap):
+    def _advance(self, h, gap, solver):
         """State ``[B, units]`` after ``gap`` ``[B, 1]`` with no observation."""
         raise NotImplementedError
 
@@ -72,14 +70,14 @@ class _ForwardCell(keras.layers.Layer):
         """GRU update at an observation: ``h`` at ``t_last``, ``advanced = _advance(h, gap)``."""
         raise NotImplementedError
 
-    def call(self, inputs, states):
+    def call(self, inputs, states, solver=None):
         h, t_last, h_before, t_before = states
         d = self.obs_dim
         features, t = inputs[:, : 2 * d], inputs[:, 2 * d :]
         observed = tf.reduce_any(inputs[:, d : 2 * d] > 0, axis=-1, keepdims=True)
         tie = t <= t_last  # times are non-decreasing: t == t_last
         h_ref, t_ref = tf.where(tie, h_before, h), tf.where(tie, t_before, t_last)
-        prediction = self._advance(h_ref, t - t_ref)
+        prediction = self._advance(h_ref, t - t_ref, solver)
         # The state at t before the update: `prediction` unless tied, when it is h itself.
         updated = self._observe(h, t - t_last, tf.where(tie, h, prediction), features)
         moves_before = observed & ~tie
@@ -98,30 +96,17 @@ class _ForwardCell(keras.layers.Layer):
 class _ODEForwardCell(_ForwardCell):
     """ODE-RNN step: ``dh/dt = f(h)`` between observations, a ``GRUCell`` reading ``[values*mask, mask]``."""
 
-    def __init__(self, units, obs_dim, field_hidden, method, rtol, atol, max_num_steps, **kwargs):
+    def __init__(self, units, obs_dim, field_hidden, **kwargs):
         super().__init__(units, obs_dim, **kwargs)
         self.field = TimeMLP(field_hidden, time_embedding="none")
         self.gru = keras.layers.GRUCell(units)
-        self.solver = dict(method=method, rtol=rtol, atol=atol)
-        self.options = {"max_num_steps": max_num_steps}
-        if not get_tableau(method).adaptive:
-            self.options["step_size"] = 1.0 / _FIXED_STEPS_PER_GAP
 
     def build(self, input_shape):
         self.field.build((), (None, self.units))
         self.gru.build((None, 2 * self.obs_dim))
 
-    def _advance(self, h, gap):
-        # Every series has its own gap: with s in [0, 1], dh/ds = gap * f(h).
-        def dynamics(s, h):
-            return gap * self.field(s, h)
-
-        solver = dict(self.solver)
-        override = current_tolerances()
-        if override is not None:
-            solver["rtol"], solver["atol"] = override
-        unit = tf.constant([0.0, 1.0], dtype=tf.float64 if h.dtype == tf.float64 else tf.float32)
-        return solve(dynamics, h, unit, options=self.options, **solver).ys[-1]
+    def _advance(self, h, gap, solver):
+        return evolve_over_gaps(self.field, h, gap, solver)
 
     def _observe(self, h, gap, advanced, features):
         return self.gru(features, [advanced])[0]
@@ -137,7 +122,7 @@ class _GRUForwardCell(_ForwardCell):
     def build(self, input_shape):
         self.gru.build((None, 2 * self.obs_dim + 1))
 
-    def _advance(self, h, gap):
+    def _advance(self, h, gap, solver):
         empty = tf.zeros(tf.concat([tf.shape(h)[:1], [2 * self.obs_dim]], axis=0), h.dtype)
         return self.gru(tf.concat([empty, gap], axis=-1), [h])[0]
 
@@ -216,28 +201,38 @@ class _ForwardSequenceModel(keras.Model):
             raise ValueError(f"obs_std must be positive, got {obs_std!r}.")
         self.obs_dim, self.units = obs_dim, units
         self.decoder_hidden, self.obs_std = decoder_hidden, float(obs_std)
-        self.rnn = keras.layers.RNN(self._make_cell(), return_sequences=True)
+        self.cell = self._make_cell()
         self.decoder = _mlp_decoder(self.decoder_hidden, obs_dim)
 
     def _make_cell(self):
         raise NotImplementedError
 
+    def _run(self, steps, solver):
+        """Prediction states ``[B, T, units]`` of the recurrence over ``steps``."""
+        batch = tf.shape(steps)[0]
+        zeros_h = tf.zeros(tf.stack([batch, self.units]), steps.dtype)
+        zeros_t = tf.zeros(tf.stack([batch, 1]), steps.dtype)
+        states, _ = run_cell(self.cell, steps, [zeros_h, zeros_t, zeros_h, zeros_t], solver=solver)
+        return states
+
     def build(self, input_shape):
         values = input_shape["values"] if isinstance(input_shape, dict) else None
         if values is not None and values[-1] is not None and values[-1] != self.obs_dim:
             raise ValueError(f"values must have obs_dim = {self.obs_dim} features, got shape {tuple(values)}.")
-        self.rnn.build((None, None, 2 * self.obs_dim + 1))
+        self.cell.build((None, 2 * self.obs_dim + 1))
         self.decoder.build((None, None, self.units))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, solver=None):
+        """See the model's docstring; ``solver`` (a ``SolverConfig``) replaces the model's for this call."""
+        solver = getattr(self, "solver", None) if solver is None else as_config(solver)
         times, values, mask, query = _unpack(inputs, self.obs_dim)
         steps = _step_inputs(times, values, mask)
         if query is None:
-            observed = self.decoder(self.rnn(steps))
+            observed = self.decoder(self._run(steps, solver))
             predicted = observed
         else:
             merged, position = _merge_queries(times, steps, query)
-            states = self.rnn(merged)
+            states = self._run(merged, solver)
             num_query = tf.shape(query)[1]
             predicted = self.decoder(tf.gather(states, position[:, :num_query], batch_dims=1))
             if training:
@@ -309,10 +304,12 @@ class ODERNN(_ForwardSequenceModel):
         field_hidden: hidden widths of ``f`` (tanh MLP).
         decoder_hidden: hidden widths of the decoder MLP (relu).
         obs_std: observation noise std of the likelihood (``LatentODE``'s default).
-        method, rtol, atol: solver between steps (fixed-step methods such as
-            ``"rk4"`` take 4 equal steps per gap); ``tfode``'s
-            ``solver_tolerances`` override applies.
-        max_num_steps: step budget of each adaptive solve (one per step and gap).
+        solver: the ``tfode.SolverConfig`` of the solves between steps (default
+            ``tfode.config.DEFAULTS["encoder"]``: dopri5, rtol 1e-3, atol 1e-4, 256
+            steps per gap; fixed-step methods such as ``"rk4"`` take 4 equal steps
+            per gap unless the config has a controller; never the adjoint). ``call``
+            takes ``solver=`` to replace it for one call.
+        method, rtol, atol, max_num_steps: conveniences replacing fields of ``solver``.
 
     Example:
         >>> model = tfode.models.ODERNN(obs_dim=1, units=32)
@@ -333,30 +330,25 @@ class ODERNN(_ForwardSequenceModel):
         field_hidden=(32,),
         decoder_hidden=(32,),
         obs_std=0.3,
-        method="dopri5",
-        rtol=1e-3,
-        atol=1e-4,
-        max_num_steps=256,
+        solver=None,
+        method=None,
+        rtol=None,
+        atol=None,
+        max_num_steps=None,
         **kwargs,
     ):
-        _check_positive_int("max_num_steps", max_num_steps)
         self.field_hidden = tuple(field_hidden)
-        self.method, self.rtol, self.atol, self.max_num_steps = method, float(rtol), float(atol), max_num_steps
+        base = DEFAULTS["encoder"] if solver is None else as_config(solver)
+        self.solver = solver_config(base, method=method, rtol=rtol, atol=atol)
+        if max_num_steps is not None:
+            self.solver = self.solver.replace(max_num_steps=max_num_steps)
         super().__init__(obs_dim, units=units, decoder_hidden=decoder_hidden, obs_std=obs_std, **kwargs)
 
     def _make_cell(self):
-        return _ODEForwardCell(self.units, self.obs_dim, self.field_hidden, self.method, self.rtol, self.atol,
-                               self.max_num_steps)  # fmt: skip
+        return _ODEForwardCell(self.units, self.obs_dim, self.field_hidden)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "field_hidden": list(self.field_hidden),
-            "method": self.method,
-            "rtol": self.rtol,
-            "atol": self.atol,
-            "max_num_steps": self.max_num_steps,
-        }
+        return {**super().get_config(), "field_hidden": list(self.field_hidden), "solver": self.solver.get_config()}
 
 
 @keras.saving.register_keras_serializable(package="tfode")
