@@ -1,0 +1,163 @@
+"""Per-sample solving (``SolverConfig(batch_axis=0)``): each sample equals its solve alone."""
+
+import numpy as np
+import pytest
+import scipy.integrate
+import tensorflow as tf
+
+import tfode
+
+F64 = tf.float64
+
+
+def _van_der_pol(mu):
+    """``x'' = mu (1 - x^2) x' - x`` for a batch ``[B, 2]`` with per-sample ``mu`` ``[B]``."""
+
+    def f(t, y):
+        x, v = y[:, 0], y[:, 1]
+        return tf.stack([v, mu * (1 - x**2) * v - x], axis=1)
+
+    return f
+
+
+MUS = np.array([0.5, 2.0, 8.0, 20.0])
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_each_sample_equals_its_solve_alone(method):
+    """Same steps and outputs to round-off as B separate single-sample solves (float64)."""
+    mu = tf.constant(MUS, F64)
+    y0 = tf.constant([[2.0, 0.0]] * len(MUS), F64)
+    t = tf.constant(np.linspace(0.0, 5.0, 11), F64)
+    config = tfode.SolverConfig(method=method, rtol=1e-6, atol=1e-6, batch_axis=0)
+    batch = tfode.solve(_van_der_pol(mu), y0, t, config)
+    for i in range(len(MUS)):
+        alone = tfode.solve(_van_der_pol(mu[i : i + 1]), y0[i : i + 1], t, config)
+        assert int(alone.stats.num_steps[0]) == int(batch.stats.num_steps[i])
+        assert int(alone.stats.num_fn_evals[0]) == int(batch.stats.num_fn_evals[i])
+        np.testing.assert_allclose(batch.ys.numpy()[:, i], alone.ys.numpy()[:, 0], rtol=0, atol=1e-12)
+    # The joint solver steps every sample at the batch's pace: more steps than the mean sample needs.
+    joint = tfode.solve(_van_der_pol(mu), y0, t, config.replace(batch_axis=None))
+    assert np.mean(batch.stats.num_steps.numpy()) < int(joint.stats.num_steps)
+
+
+def test_every_sample_meets_its_tolerance_against_scipy():
+    mu = tf.constant(MUS, F64)
+    y0 = np.array([[2.0, 0.0]] * len(MUS))
+    t = np.linspace(0.0, 5.0, 11)
+    tol = 1e-7
+    sol = tfode.solve(_van_der_pol(mu), tf.constant(y0), tf.constant(t),
+                      tfode.SolverConfig(rtol=tol, atol=tol, batch_axis=0))  # fmt: skip
+    for i, m in enumerate(MUS):
+        ref = scipy.integrate.solve_ivp(lambda _, y, m=m: [y[1], m * (1 - y[0] ** 2) * y[1] - y[0]], (0, 5), y0[i],
+                                        method="DOP853", rtol=1e-12, atol=1e-12, t_eval=t).y.T  # fmt: skip
+        # Global error of a local-error controller: allow 1000x the tolerance (stiff-ish mu = 20).
+        assert np.max(np.abs(sol.ys.numpy()[:, i] - ref)) < 1e3 * tol
+
+
+def test_per_sample_output_times_match_dense_solves():
+    """Rows of t [B, N] (padded by repeating the last time) equal solves at those times."""
+    t = np.array([[0.0, 0.3, 0.9, 1.7], [0.0, 0.5, 0.5, 0.5], [0.2, 0.4, 1.0, 2.5]])
+    rates = tf.constant([1.0, 2.0, 0.5], F64)
+    y0 = tf.constant([[1.0], [2.0], [3.0]], F64)
+    sol = tfode.solve(lambda t, y: -rates[:, None] * y, y0, tf.constant(t),
+                      tfode.SolverConfig(rtol=1e-10, atol=1e-10, batch_axis=0))  # fmt: skip
+    exact = y0.numpy()[:, :1] * np.exp(-rates.numpy()[:, None] * (t - t[:, :1]))
+    np.testing.assert_allclose(sol.ys.numpy()[:, :, 0].T, exact, rtol=1e-8)
+    assert sol.ys.shape == (4, 3, 1)
+
+
+def test_field_receives_one_time_per_sample():
+    seen = []
+
+    def f(t, y):
+        seen.append(t.shape)
+        return tf.ones_like(y) * t[:, None]
+
+    t = tf.constant([[0.0, 1.0], [0.0, 2.0]], F64)
+    sol = tfode.solve(f, tf.zeros([2, 1], F64), t, tfode.SolverConfig(rtol=1e-9, atol=1e-9, batch_axis=0))
+    assert all(shape == (2,) for shape in seen)
+    np.testing.assert_allclose(sol.ys.numpy()[-1, :, 0], [0.5, 2.0], rtol=1e-8)  # y = t^2 / 2
+
+
+def test_a_failing_sample_fails_alone():
+    """NaN dynamics in one sample: its own status and NaN outputs; the others equal their solves alone."""
+    bad = tf.constant([0.0, 1.0, 0.0], F64)
+
+    def f(t, y):
+        # log of a negative number: NaN for sample 1 only.
+        return -y + tf.where(bad[:, None] > 0, tf.math.log(y - 10.0), tf.zeros_like(y))
+
+    y0 = tf.ones([3, 2], F64)
+    t = tf.constant([0.0, 0.5, 1.0], F64)
+    config = tfode.SolverConfig(rtol=1e-8, atol=1e-8, batch_axis=0)
+    sol = tfode.solve(f, y0, t, config, raise_on_failure=False)
+    status = sol.stats.status.numpy()
+    assert status[1] == tfode.Status.NON_FINITE and status[0] == status[2] == tfode.Status.SUCCESS
+    assert np.all(np.isnan(sol.ys.numpy()[1:, 1]))
+    np.testing.assert_allclose(sol.ys.numpy()[:, 0], np.exp(-t.numpy())[:, None] * np.ones(2), rtol=1e-7)
+    with pytest.raises(tfode.IntegrationError, match="sample 1 of 3"):
+        tfode.solve(f, y0, t, config)
+
+
+def test_direct_gradients_match_finite_differences_and_the_joint_solver():
+    """Gradients to y0, t and a parameter; a rejected NaN trial step in one sample does not poison them."""
+    w = tf.Variable(1.0, dtype=F64)
+    y0 = tf.constant([[1.0], [0.5], [2.0]], F64)
+    t = tf.constant([[0.0, 1.5], [0.0, 1.0], [0.0, 0.8]], F64)
+    config = tfode.SolverConfig(rtol=1e-10, atol=1e-12, batch_axis=0,
+                                controller=tfode.PIController(first_step=1.4))  # fmt: skip
+
+    def loss_of(w_value, y0, t):
+        # f = -w sqrt(y): sample 0's first trial step of 1.4 leaves the domain (NaN) and is rejected.
+        sol = tfode.solve(lambda t, y: -w_value * tf.sqrt(y), y0, t, config)
+        return tf.reduce_sum(sol.ys[-1] ** 2), sol
+
+    with tf.GradientTape() as tape:
+        tape.watch([y0, t])
+        loss, sol = loss_of(w, y0, t)
+    assert int(sol.stats.num_rejected[0]) >= 1
+    g_w, g_y0, g_t = tape.gradient(loss, [w, y0, t])
+
+    def value(w_value, y0_value, t_value):
+        return float(loss_of(tf.constant(w_value, F64), y0_value, t_value)[0])
+
+    h = 1e-6
+    fd_w = (value(1.0 + h, y0, t) - value(1.0 - h, y0, t)) / (2 * h)
+    np.testing.assert_allclose(float(g_w), fd_w, rtol=1e-6)
+    bump = np.zeros((3, 1))
+    bump[1, 0] = h
+    fd_y0 = (value(1.0, y0 + bump, t) - value(1.0, y0 - bump, t)) / (2 * h)
+    np.testing.assert_allclose(float(g_y0[1, 0]), fd_y0, rtol=1e-6)
+    bump = np.zeros((3, 2))
+    bump[2, 1] = h
+    fd_t = (value(1.0, y0, t + bump) - value(1.0, y0, t - bump)) / (2 * h)
+    np.testing.assert_allclose(float(g_t[2, 1]), fd_t, rtol=1e-5)
+
+
+def test_xla_compiles_and_matches_graph_mode():
+    mu = tf.constant(MUS, tf.float32)
+    y0 = tf.constant([[2.0, 0.0]] * len(MUS))
+    t = tf.constant(np.linspace(0.0, 3.0, 7), tf.float32)
+    config = tfode.SolverConfig(rtol=1e-5, atol=1e-5, batch_axis=0)
+
+    def run(y0):
+        sol = tfode.solve(_van_der_pol(mu), y0, t, config, raise_on_failure=False)
+        return sol.ys, sol.stats.num_steps
+
+    graph_ys, graph_steps = tf.function(run)(y0)
+    xla_ys, xla_steps = tf.function(run, jit_compile=True)(y0)
+    np.testing.assert_array_equal(graph_steps.numpy(), xla_steps.numpy())
+    np.testing.assert_allclose(xla_ys.numpy(), graph_ys.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_per_sample_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="adjoint=False only"):
+        tfode.SolverConfig(batch_axis=0, adjoint=True)
+    with pytest.raises(ValueError, match="batch_axis must be None"):
+        tfode.SolverConfig(batch_axis=1)
+    config = tfode.SolverConfig(batch_axis=0)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        tfode.solve(lambda t, y: -y, tf.constant(1.0), [0.0, 1.0], config)
+    with pytest.raises(ValueError, match="rows \\[1\\] are not"):
+        tfode.solve(lambda t, y: -y, tf.ones([2, 1]), tf.constant([[0.0, 1.0, 2.0], [0.0, 1.0, 0.5]]), config)

@@ -1,0 +1,258 @@
+"""Per-sample solving: every sample of a batch gets its own steps, output times and status.
+
+With ``SolverConfig(batch_axis=0)`` the leading axis of every state leaf is a
+batch of independent problems. Each sample has its own current time, step size,
+controller memory, accept/reject decision, status and counters; its error norm
+is the RMS over its own elements only. So a sample's result does not depend on
+the other samples in the batch (it equals its solve alone), a hard sample is
+resolved to its tolerance instead of hiding in the batch RMS, and a failing
+sample fails alone (NaN outputs, its own status) while the others finish.
+
+The loop evaluates ``f`` on the whole batch each iteration and runs until every
+sample is done; finished and failed samples are frozen (their rows enter ``f``
+as zeros, so a NaN row cannot reach the others' gradients). Output times may be
+shared ``[N]`` or per sample ``[B, N]`` (each row monotone; pad shorter series by
+repeating their last time), written by a fixed-shape masked dense output: no
+host synchronisation and no data-dependent shapes, so the same code runs
+eagerly, in graphs and under XLA.
+
+The vector field receives ``t`` of shape ``[B]``, one time per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+from tfode.interpolation import dense_output
+from tfode.norms import scaled_error_ratio
+from tfode.runge_kutta import along_batch, runge_kutta_step
+from tfode.solution import SolverStats, Status
+
+__all__ = ["guard_nonfinite_rows", "integrate_per_sample"]
+
+
+class _State(NamedTuple):
+    t: Any  # [B]
+    step: Any  # [B]
+    y: tuple
+    f: tuple
+    memory: Any  # [B]
+    index: Any  # [B] int32: the next output time to write
+    num_steps: Any
+    num_accepted: Any
+    num_rejected: Any
+    num_fn_evals: Any
+    status: Any  # [B] int32
+    buffers: tuple  # each [N, B, ...]
+
+
+class _Problem(NamedTuple):
+    fn: Any
+    t: Any  # [B, N]
+    num_times: Any
+    t_end: Any  # [B]
+    direction: Any  # [B]
+    tableau: Any
+    rtol: list
+    atol: list
+    controller: Any
+    error_mask: Any
+
+
+def _rows_finite(leaves):
+    """``[B]``: whether every element of each sample is finite."""
+    checks = [tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1) for x in leaves]
+    return tf.reduce_all(tf.stack(checks), axis=0)
+
+
+def _where_rows(keep, a, b):
+    """``a`` where ``keep`` ``[B]`` else ``b``, per sample."""
+    return tf.where(along_batch(keep, a), a, b)
+
+
+def _next_output_time(p, index):
+    return tf.gather(p.t, tf.minimum(index, p.num_times - 1), axis=1, batch_dims=1)
+
+
+def _initial_state(p, y0, inputs_valid):
+    t0 = p.t[:, 0]
+    batch = tf.shape(t0)[0]
+    f0 = list(p.fn(t0, y0))
+    step0, memory, extra = p.controller.initial(p.fn, t0, y0, f0, p.t, p.direction, p.tableau, p.rtol, p.atol,
+                                                p.error_mask, per_sample=True)  # fmt: skip
+    step0 = tf.broadcast_to(tf.stop_gradient(step0), [batch])
+    memory = tf.broadcast_to(memory, [batch])
+    status = tf.fill([batch], int(Status.RUNNING))
+    status = tf.where(_rows_finite(y0) & _rows_finite(f0), status, int(Status.NON_FINITE))
+    if inputs_valid is not None:
+        status = tf.where(inputs_valid, status, int(Status.INVALID_INPUT))
+    status = tf.where(tf.equal(p.num_times, 1) & tf.equal(status, int(Status.RUNNING)), int(Status.SUCCESS), status)
+    buffers = []
+    for leaf in y0:
+        nan = tf.fill(tf.concat([[p.num_times], tf.shape(leaf)], axis=0), tf.constant(float("nan"), leaf.dtype))
+        buffers.append(tf.tensor_scatter_nd_update(nan, [[0]], leaf[None]))
+    zeros = tf.zeros([batch], tf.int32)
+    return _State(t=t0, step=step0, y=tuple(y0), f=tuple(f0), memory=memory, index=zeros + 1, num_steps=zeros,
+                  num_accepted=zeros, num_rejected=zeros, num_fn_evals=zeros + 1 + extra, status=status,
+                  buffers=tuple(buffers))  # fmt: skip
+
+
+def _write_outputs(p, s, t1, y_start, y1, stages, accept):
+    """Dense output for every sample's requested times in ``(t, t1]``; returns ``(index, buffers)``.
+
+    One inner iteration writes at most one output time per sample (a masked scatter
+    into ``[N, B, ...]``), so the shapes are static; it runs while any sample has a
+    covered time left.
+    """
+    span = t1 - s.t
+    dt = span
+    batch = tf.shape(span)[0]
+    rows = tf.range(batch)
+
+    def covered(index):
+        return accept & (index < p.num_times) & (p.direction * (_next_output_time(p, index) - t1) <= 0)
+
+    def body(index, buffers):
+        write = covered(index)
+        times = _next_output_time(p, index)
+        # A zero-length step (repeated output times) sits at theta = 1.
+        theta = tf.where(
+            tf.equal(span, 0), tf.ones_like(span), (times - s.t) / tf.where(tf.equal(span, 0), tf.ones_like(span), span)
+        )
+        values = dense_output(p.tableau, y_start, y1, stages, tf.cast(dt, y1[0].dtype),
+                              tf.cast(theta, y1[0].dtype), per_sample=True)  # fmt: skip
+        positions = tf.stack([tf.minimum(index, p.num_times - 1), rows], axis=1)
+        updated = []
+        for buffer, value in zip(buffers, values):
+            old = tf.gather_nd(buffer, positions)
+            updated.append(tf.tensor_scatter_nd_update(buffer, positions, _where_rows(write, value, old)))
+        return index + tf.cast(write, tf.int32), tuple(updated)
+
+    return tf.while_loop(lambda index, _: tf.reduce_any(covered(index)), body, (s.index, s.buffers),
+                         maximum_iterations=p.num_times)  # fmt: skip
+
+
+def _loop_body(p, max_num_steps, s):
+    active = tf.equal(s.status, int(Status.RUNNING))
+    step, target = p.controller.propose(s.t, s.step, _next_output_time(p, s.index), p.t_end)
+    remaining = tf.abs(target - s.t)
+    lands = step * tf.constant(1.0 + p.controller.landing_slack, step.dtype) >= remaining
+    step = tf.where(lands, remaining, step)
+    t1 = tf.where(lands, target, s.t + p.direction * step)
+    t1 = tf.where(active, t1, s.t)  # frozen samples take a zero step
+    # Frozen (finished or failed) samples enter f as zeros: a NaN row stays out of everything.
+    y_start = [_where_rows(active, y, tf.zeros_like(y)) for y in s.y]
+    f_start = [_where_rows(active, f, tf.zeros_like(f)) for f in s.f]
+    y1, f1, error, stages = runge_kutta_step(p.fn, p.tableau, s.t, t1, y_start, f_start)
+    ratio = None
+    if p.controller.uses_error_estimate:
+        ratio = tf.stop_gradient(scaled_error_ratio(error, y_start, y1, p.rtol, p.atol, p.error_mask, True))
+    accept, next_step, memory, failure = p.controller.adapt(s.t, step, ratio, s.memory, _rows_finite(y1),
+                                                            p.direction, p.tableau.error_order)  # fmt: skip
+    accept = accept & active
+    index, buffers = _write_outputs(p, s, t1, y_start, y1, stages, accept)
+    counted = tf.cast(active, tf.int32)
+    num_steps = s.num_steps + counted
+    status = tf.where(active & tf.not_equal(failure, int(Status.RUNNING)), failure, s.status)
+    out_of_budget = tf.equal(status, int(Status.RUNNING)) & (num_steps >= max_num_steps)
+    status = tf.where(out_of_budget, int(Status.MAX_STEPS_REACHED), status)
+    status = tf.where(active & (index >= p.num_times), int(Status.SUCCESS), status)
+    return _State(
+        t=tf.where(accept, t1, s.t),
+        step=tf.stop_gradient(tf.where(active, next_step, s.step)),
+        y=tuple(_where_rows(accept, a, b) for a, b in zip(y1, s.y)),
+        f=tuple(_where_rows(accept, a, b) for a, b in zip(f1, s.f)),
+        memory=tf.where(active, memory, s.memory),
+        index=index,
+        num_steps=num_steps,
+        num_accepted=s.num_accepted + tf.cast(accept, tf.int32),
+        num_rejected=s.num_rejected + tf.cast(active & ~accept, tf.int32),
+        num_fn_evals=s.num_fn_evals + counted * p.tableau.fn_evals_per_step,
+        status=status,
+        buffers=buffers,
+    )
+
+
+def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_steps, *, inputs_valid=None,
+                         error_mask=None):  # fmt: skip
+    """Integrate every sample of a batch on its own.
+
+    Args:
+        fn: ``fn(t, leaves) -> leaves`` with ``t`` ``[B]`` (one time per sample).
+        y0: list of state leaves, each ``[B, ...]``.
+        t: ``[B, N]`` output times, each row monotone (repeats allowed); ``t[:, 0]`` the start.
+        tableau, rtol, atol, controller, max_num_steps, error_mask: as for ``integrate``;
+            ``max_num_steps`` is each sample's budget.
+        inputs_valid: optional ``[B]`` or scalar bool from in-graph validation.
+
+    Returns:
+        ``(ys, stats)``: ``ys`` a list of ``[N, B, ...]`` tensors (NaN where a sample
+        did not reach a time) and ``stats`` a ``SolverStats`` of ``[B]`` tensors.
+    """
+    with tf.name_scope("integrate_per_sample"):
+        num_times = t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
+        direction = tf.sign(t[:, -1] - t[:, 0])
+        direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
+        p = _Problem(fn=fn, t=t, num_times=num_times, t_end=t[:, -1], direction=direction, tableau=tableau,
+                     rtol=rtol, atol=atol, controller=controller, error_mask=error_mask)  # fmt: skip
+        state = _initial_state(p, y0, inputs_valid)
+        (final,) = tf.while_loop(
+            lambda s: tf.reduce_any(tf.equal(s.status, int(Status.RUNNING))),
+            lambda s: (_loop_body(p, max_num_steps, s),),
+            (state,),
+            maximum_iterations=max_num_steps,
+        )
+        stats = SolverStats(
+            num_fn_evals=final.num_fn_evals,
+            num_steps=final.num_steps,
+            num_accepted=final.num_accepted,
+            num_rejected=final.num_rejected,
+            status=final.status,
+            t_reached=final.t,
+            step_size=final.step,
+        )
+        return list(final.buffers), stats
+
+
+def guard_nonfinite_rows(fn, captures):
+    """``fn`` whose gradient ignores the samples (rows) where its output is not finite.
+
+    Per-sample counterpart of ``tfode._captures.guard_nonfinite_gradients``: a
+    sample's rejected trial step may evaluate ``fn`` outside its domain while the
+    other samples' steps in the same evaluation are accepted. The backward pass
+    re-evaluates ``fn`` with those rows replaced by zeros and their cotangents
+    zeroed, so ``0 * NaN`` never reaches the other samples' or the parameters'
+    gradients (one extra evaluation of ``fn`` per backward stage).
+    """
+    captures = list(captures)
+
+    def guarded(t, leaves):
+        num_leaves = len(leaves)
+
+        @tf.custom_gradient
+        def evaluate(t, *inputs):
+            out = list(fn(t, list(inputs[:num_leaves])))
+
+            def grad(*cotangents, variables=None):
+                variables = list(variables or [])
+                finite = _rows_finite(out)
+                safe = [_where_rows(finite, y, tf.zeros_like(y)) for y in inputs[:num_leaves]]
+                cotangents = [_where_rows(finite, c, tf.zeros_like(c)) if c is not None else tf.zeros_like(o)
+                              for c, o in zip(cotangents, out)]  # fmt: skip
+                sources = [t, *safe, *inputs[num_leaves:], *variables]
+                with tf.GradientTape() as tape:
+                    tape.watch([t, *safe, *inputs[num_leaves:]])
+                    again = list(fn(t, safe))
+                grads = tape.gradient(again, sources, output_gradients=cotangents,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
+                grads = [tf.convert_to_tensor(g) for g in grads]
+                split = 1 + len(inputs)
+                return grads[:split], grads[split:]
+
+            return out, grad
+
+        return list(evaluate(t, *leaves, *captures))
+
+    return guarded
