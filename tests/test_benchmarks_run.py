@@ -1,0 +1,60 @@
+"""The benchmark runner's plumbing (``benchmarks/run.py``): registry, options, paths, workload data.
+
+No benchmark runs here; these checks keep ``python -m benchmarks.run`` importable and its
+command line stable.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import _common as C
+from benchmarks import run
+
+
+@pytest.mark.parametrize("name", sorted(run.WORKLOADS))
+def test_workload_contract(name):
+    module = run.load(name)
+    assert module.__doc__, name
+    assert callable(module.add_args) and callable(module.report)
+    for kind, (fn, interpreter) in module.WORKERS.items():
+        assert callable(fn), kind
+        assert interpreter in ("tf", "peer"), kind
+    # Its options parse together with the common ones.
+    args = run._workload_parser(name).parse_args([])
+    assert args.weights == C.default_weights()
+
+
+def test_unknown_option_is_an_error(capsys):
+    assert run.main(["W1", "W2", "--no-such-option"]) == 2
+    assert "--no-such-option" in capsys.readouterr().err
+
+
+def test_option_known_to_one_workload_is_accepted():
+    # --tols is W1's, --ref-tol is W2's: neither is unknown to the pair.
+    parsed = [run._workload_parser(n).parse_known_args(["--tols", "1e-3", "--ref-tol", "1e-9"]) for n in ("W1", "W2")]
+    assert parsed[0][0].tols == "1e-3"
+    assert parsed[1][0].ref_tol == 1e-9
+
+
+def test_no_abbreviations():
+    # "--tol" must not silently mean W1's "--tols".
+    _, unknown = run._workload_parser("W1").parse_known_args(["--tol", "1e-3"])
+    assert "--tol" in unknown
+
+
+def test_default_paths(monkeypatch):
+    monkeypatch.delenv("TFODE_BENCH_WEIGHTS", raising=False)
+    monkeypatch.delenv("TFODE_BENCH_PEER_PYTHON", raising=False)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(run.__file__)))
+    assert C.default_weights() == os.path.join(os.path.dirname(repo), "shared", "bench", "weights.npz")
+    monkeypatch.setenv("TFODE_BENCH_WEIGHTS", "/x/w.npz")
+    monkeypatch.setenv("TFODE_BENCH_PEER_PYTHON", "/x/python")
+    assert C.default_weights() == "/x/w.npz"
+    assert C.default_peer_python() == "/x/python"
+
+
+def test_json_path_per_workload():
+    assert run._json_path("/tmp/out.json", "W5", several=False) == "/tmp/out.json"
+    assert run._json_path("/tmp/out.json", "W5", several=True) == "/tmp/out.W5.json"
