@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import _common as C
 from benchmarks import run
+from benchmarks.workloads import w6_vdp_batch
 
 
 @pytest.mark.parametrize("name", sorted(run.WORKLOADS))
@@ -58,3 +59,9 @@ def test_default_paths(monkeypatch):
 def test_json_path_per_workload():
     assert run._json_path("/tmp/out.json", "W5", several=False) == "/tmp/out.json"
     assert run._json_path("/tmp/out.json", "W5", several=True) == "/tmp/out.W5.json"
+
+
+def test_w6_problem():
+    mu, t = w6_vdp_batch.make_problem(seed=6, batch=256)
+    assert mu.shape == (256,) and 0.5 <= mu.min() and mu.max() <= 20.0
+    assert t.shape == (50,) and t[0] == 0.0 and t[-1] == 10.0
