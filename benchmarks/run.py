@@ -55,6 +55,7 @@ WORKLOADS = {
     "W2": "w2_gradient",
     "W3": "w3_cnf",
     "W4": "w4_memory",
+    "W5": "w5_keras_fit",
     "W6": "w6_vdp_batch",
     "serving": "serving",
 }

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import _common as C
 from benchmarks import run
-from benchmarks.workloads import w6_vdp_batch
+from benchmarks.workloads import w5_keras_fit, w6_vdp_batch
 
 
 @pytest.mark.parametrize("name", sorted(run.WORKLOADS))
@@ -59,6 +59,19 @@ def test_default_paths(monkeypatch):
 def test_json_path_per_workload():
     assert run._json_path("/tmp/out.json", "W5", several=False) == "/tmp/out.json"
     assert run._json_path("/tmp/out.json", "W5", several=True) == "/tmp/out.W5.json"
+
+
+def test_w5_data_is_deterministic(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    w5_keras_fit.make_data(a, seed=5, batch=8)
+    w5_keras_fit.make_data(b, seed=5, batch=8)
+    with np.load(a) as da, np.load(b) as db:
+        assert set(da.files) == set(w5_keras_fit.NAMES) | {"x", "y"}
+        for k in da.files:
+            np.testing.assert_array_equal(da[k], db[k])
+        # TimeMLP's concat embedding: one extra input row (the time) per kernel.
+        assert da["K0"].shape == (65, 64) and da["K2"].shape == (65, 64)
+        assert da["x"].shape == (8, 64) and da["y"].dtype == np.int32
 
 
 def test_w6_problem():
