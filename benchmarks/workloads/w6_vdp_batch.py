@@ -97,34 +97,52 @@ def _timed(calls, repeats):
 # --------------------------------------------------------------------------- #
 
 
+# Where a per-sample solve may report each sample's attempted steps (first match with shape [B]).
+PER_SAMPLE_STEP_FIELDS = ("num_steps_per_sample", "sample_num_steps", "num_steps")
+
+
+def per_sample_steps(stats, batch):
+    """``(steps [batch], loop iterations)`` from a per-sample solve's stats, or ``None``.
+
+    The loop iterations are ``stats.num_loop_iterations`` when present, else a
+    scalar ``num_steps`` next to a per-sample field, else the largest per-sample count.
+    """
+    for field in PER_SAMPLE_STEP_FIELDS:
+        value = getattr(stats, field, None)
+        if value is not None and tuple(value.shape) == (batch,):
+            loop = getattr(stats, "num_loop_iterations", None)
+            if loop is None and field != "num_steps" and tuple(stats.num_steps.shape) == ():
+                loop = stats.num_steps
+            return value, value if loop is None else loop
+    return None
+
+
 def _tfode_per_sample(tf, tfode):
     """``(name, solve)`` of tfode's per-sample mode, or ``(reason, None)``.
 
     ``solve(func, y0, t, rtol, atol, args)`` returns a ``tfode.Solution``. Each
-    spelling is tried on a two-sample problem whose samples need different step
-    counts; it counts as per-sample only if the stats come back per sample.
+    spelling (with and without ``options``) is tried on a two-sample problem whose
+    samples need different step counts; it counts as per-sample only if the stats
+    report different step counts for the two samples (``per_sample_steps``).
     """
-
-    def opts():
-        return {"max_num_steps": MAX_STEPS}
-
+    options = {"max_num_steps": MAX_STEPS}
     candidates = []
     if hasattr(tfode, "SolverConfig"):
         for kw in ({"batch_axis": 0}, {"per_sample": True}):
+            for extra in ({"options": options}, {}):
 
-            def via_config(func, y0, t, rtol, atol, args, kw=kw):
-                cfg = tfode.SolverConfig(method="dopri5", rtol=rtol, atol=atol, **kw)
-                try:
-                    return tfode.solve(func, y0, t, config=cfg, args=args, options=opts(), raise_on_failure=False)
-                except TypeError:
-                    return tfode.solve(func, y0, t, cfg, args=args, options=opts(), raise_on_failure=False)
+                def via_config(func, y0, t, rtol, atol, args, kw=kw, extra=extra):
+                    cfg = tfode.SolverConfig(method="dopri5", rtol=rtol, atol=atol, **kw)
+                    return tfode.solve(func, y0, t, config=cfg, args=args, **extra)
 
-            candidates.append((f"tfode.SolverConfig(..., {next(iter(kw))}=...)", via_config))
+                name = (
+                    f"tfode.solve(..., config=tfode.SolverConfig(..., {next(iter(kw))}=...){', options' * bool(extra)})"
+                )
+                candidates.append((name, via_config))
     for kw in ({"batch_axis": 0}, {"per_sample": True}):
 
         def via_solve(func, y0, t, rtol, atol, args, kw=kw):
-            return tfode.solve(func, y0, t, method="dopri5", rtol=rtol, atol=atol, args=args, options=opts(),
-                               raise_on_failure=False, **kw)  # fmt: skip
+            return tfode.solve(func, y0, t, method="dopri5", rtol=rtol, atol=atol, args=args, options=options, **kw)
 
         candidates.append((f"tfode.solve(..., {next(iter(kw))}=...)", via_solve))
 
@@ -137,12 +155,12 @@ def _tfode_per_sample(tf, tfode):
     for name, fn in candidates:
         try:
             sol = fn(probe, y0, tf.constant([0.0, 5.0]), 1e-4, 1e-4, (mu,))
-            steps = np.asarray(sol.stats.num_steps)
-            if steps.shape == (2,) and steps[0] != steps[1]:
+            found = per_sample_steps(sol.stats, 2)
+            if found is not None and int(found[0][0]) != int(found[0][1]):
                 return name, fn
-            reasons.append(f"{name}: stats not per sample (num_steps {steps.tolist()})")
+            reasons.append(f"{name}: stats not per sample (num_steps {np.asarray(sol.stats.num_steps).tolist()})")
         except Exception as err:  # any failure means: not this spelling
-            reasons.append(f"{name}: {type(err).__name__}")
+            reasons.append(f"{name}: {type(err).__name__}: {str(err)[:80]}")
     return "not available in this tfode (" + "; ".join(reasons) + ")", None
 
 
@@ -161,15 +179,15 @@ def worker_tf(args, frameworks):
         sol = tfode.solve(field, y0, t, method="dopri5", rtol=rtol, atol=atol, args=(mu,),
                           options={"max_num_steps": MAX_STEPS}, raise_on_failure=False)  # fmt: skip
         s = sol.stats
-        return sol.ys, s.num_fn_evals, s.num_steps, s.status
+        return sol.ys, s.num_fn_evals, s.num_steps, s.num_steps, s.status
 
     fns = {"tfode-xla": tf.function(joint, jit_compile=True)}
     if per_sample is not None:
 
         def per_sample_solve(y0, t, mu, rtol, atol):
             sol = per_sample(field, y0, t, rtol, atol, (mu,))
-            s = sol.stats
-            return sol.ys, s.num_fn_evals, s.num_steps, s.status
+            steps, loop = per_sample_steps(sol.stats, y0.shape[0])
+            return sol.ys, sol.stats.num_fn_evals, steps, loop, sol.stats.status
 
         fns["tfode-xla per-sample"] = tf.function(per_sample_solve, jit_compile=True)
 
@@ -185,16 +203,15 @@ def worker_tf(args, frameworks):
             for name, fn in fns.items():
 
                 def call(fn=fn):
-                    ys, nfe, steps, status = fn(y0, t, mu, tol_t, tol_t)
-                    return ys.numpy(), nfe.numpy(), steps.numpy(), status.numpy()
+                    return tuple(x.numpy() for x in fn(y0, t, mu, tol_t, tol_t))
 
                 out[name], first = C.first_call_ms(call)
                 calls[name] = call
-                ys, nfe, steps, status = out[name]
+                ys, nfe, steps, loop, status = out[name]
                 steps = np.broadcast_to(steps, [args.batch]).astype(np.int64)
                 arrays[f"{name}|{_key(dtype, tol)}"] = [np.transpose(ys, (1, 0, 2))]
                 rows.append(dict(impl=name, dtype=dtype, tol=tol, first_call_ms=first, nfe=int(np.max(nfe)),
-                                 loop_iters=int(steps.max()), steps=steps.tolist(),
+                                 loop_iters=int(np.max(loop)), steps=steps.tolist(),
                                  status=int(np.max(status))))  # fmt: skip
             timings = _timed(calls, args.repeats)
             for r in rows[-len(calls) :]:
@@ -206,7 +223,7 @@ def worker_tf(args, frameworks):
             fn(y0[:1], t, mu[:1], tol_t, tol_t)  # the B = 1 trace + compile, untimed
             c0, w0 = C.time.process_time(), C.time.perf_counter()
             for i in range(args.batch):
-                ys, n, s, _ = fn(y0[i : i + 1], t, mu[i : i + 1], tol_t, tol_t)
+                ys, n, s, _, _ = fn(y0[i : i + 1], t, mu[i : i + 1], tol_t, tol_t)
                 ys_all.append(ys.numpy()[:, 0])
                 steps.append(int(s))
                 nfe += int(n)
@@ -472,7 +489,7 @@ def report(args, ctx):
           + ", ".join(f"{k} {v}: {mu[v]:.2f}" for k, v in args.hard.items()))  # fmt: skip
     if per_sample and per_sample.startswith("not available"):
         print(f"- ¹ tfode per-sample mode: {per_sample}")
-    print("- tfode-xla alone: loop iters = the sum of the 256 solves' steps; time = one pass of 256 solves.")
+    print(f"- tfode-xla alone: loop iters = the sum of the {args.batch} solves' steps; time = one pass of them.")
     C.print_loadavg(load_start, load_end)
     C.print_revision(rev_start, rev_end)
     C.print_notes_and_versions(notes, versions)
