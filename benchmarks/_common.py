@@ -93,18 +93,6 @@ def jax_mlp_field(jnp):
     return field
 
 
-def time_calls(fn, repeats, warmup=3):
-    """Call ``fn()`` ``warmup`` times, then time ``repeats`` calls; list of ms."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
-
-
 def time_interleaved(fns, repeats, warmup=3):
     """Time several callables round-robin (one call of each per round).
 
