@@ -1,8 +1,9 @@
-"""Shared helpers for the benchmark scripts (thread pinning, weights, timing, workers).
+"""Shared helpers of the benchmark workloads (paths, thread pinning, timing, workers, report lines).
 
-Every benchmark runs each framework in its own subprocess pinned to one core
-(``taskset -c 0``) with every thread pool set to one thread (``THREAD_ENV``);
-``pin_tensorflow`` / ``pin_torch`` finish the job inside the worker.
+Every workload runs each framework in its own subprocess (``Context.run``) pinned
+to one core (``taskset -c 0``) with every thread pool set to one thread
+(``THREAD_ENV``); ``pin_tensorflow`` / ``pin_torch`` finish the job inside the
+worker. See ``benchmarks/run.py`` for the runner and the workload contract.
 """
 
 from __future__ import annotations
