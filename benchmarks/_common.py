@@ -1,8 +1,9 @@
-"""Shared helpers for the benchmark scripts (thread pinning, weights, timing, workers).
+"""Shared helpers of the benchmark workloads (paths, thread pinning, timing, workers, report lines).
 
-Every benchmark runs each framework in its own subprocess pinned to one core
-(``taskset -c 0``) with every thread pool set to one thread (``THREAD_ENV``);
-``pin_tensorflow`` / ``pin_torch`` finish the job inside the worker.
+Every workload runs each framework in its own subprocess (``Context.run``) pinned
+to one core (``taskset -c 0``) with every thread pool set to one thread
+(``THREAD_ENV``); ``pin_tensorflow`` / ``pin_torch`` finish the job inside the
+worker. See ``benchmarks/run.py`` for the runner and the workload contract.
 """
 
 from __future__ import annotations
@@ -17,8 +18,19 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-DEFAULT_WEIGHTS = os.environ.get("TFODE_BENCH_WEIGHTS", "/work/shared/bench/weights.npz")
-PEER_PYTHON = "/work/venv-bench/bin/python"
+
+
+def default_weights():
+    """``$TFODE_BENCH_WEIGHTS``, else ``shared/bench/weights.npz`` beside the repository (``../shared``)."""
+    return os.environ.get("TFODE_BENCH_WEIGHTS") or os.path.join(
+        os.path.dirname(REPO), "shared", "bench", "weights.npz"
+    )
+
+
+def default_peer_python():
+    """``$TFODE_BENCH_PEER_PYTHON`` (the torch/JAX environment), else this interpreter."""
+    return os.environ.get("TFODE_BENCH_PEER_PYTHON") or sys.executable
+
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -60,7 +72,7 @@ def pin_torch():
     return torch
 
 
-def load_workload(size, weights=DEFAULT_WEIGHTS):
+def load_workload(size, weights):
     """``{"W1", "b1", "W2", "b2", "y0"}`` float32 arrays of workload ``size`` ("d2", "d32")."""
     import numpy as np
 
@@ -80,18 +92,6 @@ def jax_mlp_field(jnp):
         return jnp.tanh(y @ W1.T + b1) @ W2.T + b2
 
     return field
-
-
-def time_calls(fn, repeats, warmup=3):
-    """Call ``fn()`` ``warmup`` times, then time ``repeats`` calls; list of ms."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
 
 
 def time_interleaved(fns, repeats, warmup=3):
@@ -167,33 +167,6 @@ def loadavg():
         return (float("nan"),) * 3
 
 
-def run_pinned(script, argv, python=None, pin=True, log_prefix="bench"):
-    """Run ``python script argv`` in a subprocess with ``THREAD_ENV``, under ``taskset -c 0``.
-
-    tfode is importable from the repository root (put first on PYTHONPATH).
-    Returns ``(returncode, stdout, stderr)``.
-    """
-    cmd = [python or sys.executable, os.path.abspath(script)] + list(argv)
-    if pin and shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0"] + cmd
-    env = dict(os.environ)
-    env.update(THREAD_ENV)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    print(f"[{log_prefix}] {' '.join(cmd[:8])} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def run_json_worker(script, argv, out_path, python=None, pin=True, log_prefix="bench"):
-    """``run_pinned`` a worker that writes JSON to ``out_path``; returns the dict or ``{"error": ...}``."""
-    rc, _, err = run_pinned(script, argv, python=python, pin=pin, log_prefix=log_prefix)
-    if rc != 0 or not os.path.exists(out_path):
-        tail = [line for line in err.strip().splitlines() if line.strip()][-6:]
-        return {"error": f"worker failed (rc={rc}): " + " | ".join(tail)}
-    with open(out_path) as fh:
-        return json.load(fh)
-
-
 def tfode_revision():
     """``"<commit>[+dirty: files] tree <sha1 of tfode/*.py>"``: which tfode the numbers belong to."""
     import hashlib
@@ -221,34 +194,78 @@ def tfode_revision():
     return f"{rev} (tfode/*.py sha1 {digest.hexdigest()[:10]})"
 
 
-def default_peer_python():
-    """``PEER_PYTHON`` (the torch/JAX environment) if it exists, else this interpreter."""
-    return PEER_PYTHON if os.path.exists(PEER_PYTHON) else sys.executable
-
-
 # --------------------------------------------------------------------------- #
-# Command line and worker bookkeeping
+# Workers: one pinned subprocess per call
 # --------------------------------------------------------------------------- #
 
 
-def add_worker_process_args(parser, keep_dir_help):
-    """Add the options shared by scripts with a float64 reference and torch/JAX peers (W2, W3).
+class Context:
+    """Where a workload's parent side runs its workers (``ctx.run``); see ``benchmarks/run.py``.
 
-    ``--weights``, ``--tf-python``, ``--peer-python``, ``--json``, ``--no-pin``,
-    ``--keep-dir`` (help text ``keep_dir_help``), ``--from-dir`` and the hidden
-    ``--_worker`` / ``--_out`` that the parent passes to its workers.
+    Each worker is ``<interpreter> -m benchmarks.run --_worker NAME:KIND --_args FILE``
+    in the repository root, with ``THREAD_ENV``, the repository first on
+    ``PYTHONPATH`` and (unless ``--no-pin``) under ``taskset -c 0``. Its outputs
+    go to a temporary folder, or ``<--keep-dir>/<NAME>`` to keep them;
+    ``--from-dir`` re-reads them instead of running anything.
     """
-    import argparse
 
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
-    parser.add_argument("--tf-python", default=sys.executable)
-    parser.add_argument("--peer-python", default=default_peer_python())
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--no-pin", action="store_true")
-    parser.add_argument("--keep-dir", default=None, help=keep_dir_help)
-    parser.add_argument("--from-dir", default=None, help="only print the report from outputs saved with --keep-dir")
-    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_out", default=None, help=argparse.SUPPRESS)
+    def __init__(self, name, module, args):
+        self.name, self.module, self.args = name, module, args
+        self._tmp = None
+        self.workdir = None
+
+    def __enter__(self):
+        a = self.args
+        if a.from_dir:
+            self.workdir = os.path.join(a.from_dir, self.name)
+        elif a.keep_dir:
+            self.workdir = os.path.join(a.keep_dir, self.name)
+            os.makedirs(self.workdir, exist_ok=True)
+        else:
+            self._tmp = tempfile.TemporaryDirectory()
+            self.workdir = self._tmp.name
+        return self
+
+    def __exit__(self, *exc):
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        return False
+
+    def run(self, kind, frameworks=(), tag=None, **overrides):
+        """Run worker ``kind`` of this workload; its result dict (or ``{"error": ...}``).
+
+        Args:
+            kind: a key of the workload's ``WORKERS``.
+            frameworks: passed to the worker function.
+            tag: file name of this run's outputs (default ``kind``); give one per
+                call when a kind runs several times (e.g. one process per row).
+            **overrides: attributes of ``args`` to change for this worker only.
+        Returns:
+            The worker's JSON result, with ``"grads"`` (``load_grads``) when it
+            saved an ``.npz`` of gradients through ``save_grads``.
+        """
+        out = os.path.join(self.workdir, f"{tag or kind}.json")
+        if self.args.from_dir:
+            return load_saved_output(out)
+        _, interpreter = self.module.WORKERS[kind]
+        python = self.args.tf_python if interpreter == "tf" else self.args.peer_python
+        stored = dict(vars(self.args), **overrides)
+        stored["_out"] = out
+        args_path = out[: -len(".json")] + ".args.json"
+        write_json(args_path, {"args": stored, "frameworks": list(frameworks)})
+        cmd = [python, "-m", "benchmarks.run", "--_worker", f"{self.name}:{kind}", "--_args", args_path]
+        if not self.args.no_pin and shutil.which("taskset"):
+            cmd = ["taskset", "-c", "0"] + cmd
+        env = dict(os.environ)
+        env.update(THREAD_ENV)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        label = f"{self.name}/{tag or kind}"
+        print(f"[{label}] {python} ({', '.join(frameworks) or kind})", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-6:]
+            return {"error": f"worker failed (rc={proc.returncode}): " + " | ".join(tail)}
+        return attach_grads(read_json(out), out)
 
 
 def split_list(text, convert=str):
@@ -364,30 +381,6 @@ def load_saved_output(out_path):
     return attach_grads(read_json(out_path), out_path)
 
 
-def run_or_load_workers(kinds, run_kind, from_dir=None, keep_dir=None):
-    """Each worker's result: run now, or re-read from a ``--keep-dir`` of an earlier run.
-
-    Args:
-        kinds: worker kinds, in the order to run them.
-        run_kind: ``run_kind(kind, workdir)`` runs one worker, writing its output
-            ``<workdir>/<kind>.json`` (and ``.json.npz``), and returns its result.
-        from_dir: when given, nothing runs: ``load_saved_output`` of each kind in it.
-        keep_dir: where the workers write (kept afterwards); a temporary folder if ``None``.
-    Returns:
-        dict kind -> result (``{"error": ...}`` for a worker that failed or left nothing).
-    """
-    raw = {}
-    with tempfile.TemporaryDirectory() as tmpdir:
-        workdir = from_dir or keep_dir or tmpdir
-        os.makedirs(workdir, exist_ok=True)
-        for kind in kinds:
-            if from_dir:  # re-render saved worker outputs
-                raw[kind] = load_saved_output(os.path.join(workdir, f"{kind}.json"))
-            else:
-                raw[kind] = run_kind(kind, workdir)
-    return raw
-
-
 def rel_err(g, ref):
     """``||g - ref|| / ||ref||`` over all arrays of ``g`` and ``ref`` flattened and concatenated."""
     import numpy as np
@@ -422,9 +415,9 @@ def print_loadavg(start, end):
 
 
 def print_revision(start, end):
-    """Print the ``tfode_revision()`` measured, with a warning if it changed during the run."""
+    """Print the ``tfode_revision()`` measured, with a warning if tfode's sources changed during the run."""
     print(f"- tfode: {start}")
-    if end != start:
+    if end.split(" (", 1)[-1] != start.split(" (", 1)[-1]:  # the tfode/*.py digest; commits elsewhere are fine
         print(f"- WARNING: tfode changed during the run; at the end: {end}")
 
 

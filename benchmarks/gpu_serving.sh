@@ -7,7 +7,7 @@
 # tensorflow[and-cuda] at the version the CPU numbers in benchmarks/RESULTS.md
 # used ($TF_VERSION, default 2.21.0) and this repository (pip install -e .),
 # prints nvidia-smi and the GPUs TensorFlow sees, then runs
-# benchmarks/serving.py (not pinned: --no-pin) on the committed export
+# `python -m benchmarks.run serving` (not pinned: --no-pin) on the committed export
 # savedmodels/latent_ode_spiral, and once more pinned to one CPU core with the
 # GPU hidden, on the same machine, as the baseline.
 #
@@ -57,9 +57,9 @@ if [ "${REGENERATE:-0}" = 1 ]; then
 fi
 
 echo "== serving benchmark, GPU (not pinned)"
-"$PY" benchmarks/serving.py --no-pin --model-base "$MODEL_BASE" --json "$OUT/serving_gpu.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
+"$PY" -m benchmarks.run serving --no-pin --model-base "$MODEL_BASE" --json "$OUT/serving_gpu.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
     | tee "$OUT/serving_gpu.md"
 echo "== serving benchmark, CPU baseline on this machine (GPU hidden, one pinned core)"
-CUDA_VISIBLE_DEVICES="" "$PY" benchmarks/serving.py --model-base "$MODEL_BASE" --json "$OUT/serving_cpu.json" \
+CUDA_VISIBLE_DEVICES="" "$PY" -m benchmarks.run serving --model-base "$MODEL_BASE" --json "$OUT/serving_cpu.json" \
     ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} | tee "$OUT/serving_cpu.md"
 echo "== results in $OUT"

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """W4 memory benchmark: peak memory of the W2 gradient as the end time T grows.
 
 Workload (see /work/shared/bench/README.md): the W2 gradient (loss
@@ -41,23 +40,19 @@ Measurements per process:
 Targets: tfode-adjoint peak grows < 10% from T=1 to T=50 while direct grows with T.
 
 Usage:
-    python benchmarks/w4_memory.py [--T 1,10,50]
+    python -m benchmarks.run W4 [--T 1,10,50]
         [--impls tfode-adjoint,tfode-adjoint-anchored,tfode-direct,tfode-direct-graph]
         [--direct-max-steps 2000] [--anchor-every 1.0] [--json out.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
-import sys
-import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 IMPLS = ("tfode-adjoint", "tfode-adjoint-anchored", "tfode-direct", "tfode-direct-graph")
 WARMUP_T = 0.1
@@ -96,11 +91,9 @@ class _RssSampler:
         self.peak = max(self.peak, _rss_mb())
 
 
-def worker(args):
+def worker(args, frameworks=()):
     """One measured configuration (``args.impl`` at ``args.T``) in this process; the row dict."""
     tf = C.pin_tensorflow()
-    import numpy as np
-
     import tfode
 
     data = C.load_workload("d32", args.weights)
@@ -154,54 +147,38 @@ def worker(args):
     out["num_times"] = num_times
     if args.impl.startswith("tfode-adjoint"):
         out.update(bwd_nfe=int(bs.num_fn_evals.numpy()), bwd_status=int(bs.status.numpy()))
-    np.savez(args._out + ".npz", *[g[0].T, g[1], g[2].T, g[3]])
+    C.save_grads(args._out + ".npz", {"grad": [g[0].T, g[1], g[2].T, g[3]]})
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+WORKERS = {"worker": (worker, "tf")}
+
+
+def add_args(p):
     p.add_argument("--T", default="1,10,50")
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--direct-max-steps", type=int, default=2000)
     p.add_argument("--anchor-every", type=float, default=1.0, help="output spacing of tfode-adjoint-anchored")
     p.add_argument("--tol", type=float, default=1e-5)
-    p.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
-    p.add_argument("--tf-python", default=sys.executable)
-    p.add_argument("--json", default=None)
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--impl", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
 
-    if args._worker:
-        args.T = float(args.T)
-        C.write_json(args._out, worker(args))
-        return 0
 
+def report(args, ctx):
     import numpy as np
 
     Ts = C.split_list(args.T, float)
     impls = C.split_list(args.impls)
     if set(impls) - set(IMPLS):
-        p.error(f"unknown impls; choose from {IMPLS}")
+        raise SystemExit(f"unknown impls; choose from {IMPLS}")
     rows, grads = [], {}
     rev_start = C.tfode_revision()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        for impl in impls:
-            for T in Ts:
-                out = os.path.join(tmpdir, f"{impl}_{T:g}.json")
-                argv_w = ["--_worker", "--_out", out, "--impl", impl, "--T", repr(T), "--tol", repr(args.tol),
-                          "--direct-max-steps", str(args.direct_max_steps), "--weights", args.weights,
-                          "--anchor-every", repr(args.anchor_every)]  # fmt: skip
-                res = C.run_json_worker(__file__, argv_w, out, python=args.tf_python, pin=not args.no_pin,
-                                        log_prefix=f"w4/{impl}/T={T:g}")  # fmt: skip
-                res.setdefault("impl", impl)
-                res.setdefault("T", T)
-                if "error" not in res:
-                    with np.load(out + ".npz") as d:
-                        grads[(impl, T)] = np.concatenate([np.ravel(d[k]) for k in sorted(d.files)])
-                rows.append(res)
+    for impl in impls:
+        for T in Ts:
+            res = ctx.run("worker", tag=f"{impl}_T{T:g}", impl=impl, T=T)
+            res.setdefault("impl", impl)
+            res.setdefault("T", T)
+            if "error" not in res:
+                grads[(impl, T)] = np.concatenate([np.ravel(g) for g in res.pop("grads")["grad"]])
+            rows.append(res)
 
     def diff(impl, T):
         ref_impl = next((i for i in ("tfode-direct-graph", "tfode-direct") if (i, T) in grads), None)
@@ -250,10 +227,4 @@ def main(argv=None):
                 f"{a['call_add_mb']:.0f} -> {b['call_add_mb']:.0f} MB"
             )
     C.print_revision(rev_start, C.tfode_revision())
-    if args.json:
-        C.write_json(args.json, rows, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rows

@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Companion diagnostic to w1_forward.py: fixed cost and per-step cost of each solver.
+"""W1 diagnostic: fixed cost and per-step cost of each solver.
 
 For one W1 size, solves at many tolerances (so the number of steps varies) and
 fits  CPU time = fixed + per_step * steps  by least squares, separately for
@@ -13,24 +12,18 @@ so that pre-emption on a shared machine does not count.
 Also times the 1e-5 solve K=20 times inside one XLA call, to split the
 per-call cost (dispatch, launch) from the in-program cost of a solve.
 
-Usage: python benchmarks/w1_step_cost.py [--size d2] [--repeats 15]
+Usage: python -m benchmarks.run W1-cost [--size d2] [--repeats 15]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
-import w1_forward as wf  # noqa: E402
+from benchmarks import _common as C
+from benchmarks.workloads import w1_forward as wf
 
 TOLS = [3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7]
 
 
-def _tf(args):
+def _tf(args, frameworks):
     tf = C.pin_tensorflow()
     import numpy as np
     import tensorflow_probability as tfp
@@ -118,7 +111,7 @@ def _tf(args):
     return out
 
 
-def _jax(args):
+def _jax(args, frameworks):
     jax, jnp, diffrax = C.jax_setup(False)
     import numpy as np
 
@@ -166,29 +159,27 @@ def _jax(args):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="d2")
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
-    ap.add_argument("--_worker", default=None)
-    args = ap.parse_args()
-    if args._worker:
-        print(json.dumps({"tf": _tf, "jax": _jax}[args._worker](args)))
-        return
+WORKERS = {"tf": (_tf, "tf"), "jax": (_jax, "peer")}
+
+
+def add_args(p):
+    p.add_argument("--size", default="d2")
+    p.add_argument("--repeats", type=int, default=15)
+
+
+def report(args, ctx):
     import numpy as np
 
     print(f"W1 {args.size}: CPU ms = fixed + per_step * steps (least squares over {len(TOLS)} tolerances)")
     print("| impl | t_f us | dispatch floor us | fixed ms | per step us | 6 t_f us | non-f per step us | steps range |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    details, amortised = [], None
+    details, amortised, raw = [], None, {}
     for kind in ("tf", "jax"):
-        argv = ["--_worker", kind, "--size", args.size, "--repeats", str(args.repeats), "--weights", args.weights]
-        rc, stdout, stderr = C.run_pinned(__file__, argv, log_prefix=f"w1_step_cost/{kind}")
-        if rc:
-            print(f"| {kind} worker failed: {stderr.strip().splitlines()[-1]} |")
+        res = ctx.run(kind)
+        raw[kind] = res
+        if "error" in res:
+            print(f"| {kind} worker failed: {res['error']} |")
             continue
-        res = json.loads(stdout.strip().splitlines()[-1])
         for impl in sorted({q["impl"] for q in res["points"]}):
             pts = [q for q in res["points"] if q["impl"] == impl]
             x = np.array([q["steps"] for q in pts], float)
@@ -209,7 +200,4 @@ def main():
         print()
         print("CPU ms per solve at rtol=atol=1e-5, with and without per-call dispatch (TF process, round-robin):")
         print("\n".join(f"- {k}: {v:.2f}" for k, v in amortised.items()))
-
-
-if __name__ == "__main__":
-    main()
+    return raw

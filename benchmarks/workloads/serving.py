@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Serving benchmark: latency and throughput of the exported latent ODE.
 
 The model is the SavedModel ``savedmodels/latent_ode_spiral/<latest version>``
@@ -34,26 +33,19 @@ core (``taskset -c 0``) with every thread pool at one thread
 TensorFlow's default thread pools instead (use it on a GPU machine).
 
 Usage:
-    python benchmarks/serving.py [--quick] [--batches 1,8,64,512]
+    python -m benchmarks.run serving [--quick] [--batches 1,8,64,512]
         [--tols 1e-1,1e-2,1e-3,1e-4,1e-5,1e-6] [--requests 60] [--json out.json]
         [--model-base savedmodels/latent_ode_spiral] [--no-pin]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
-from _common import loadavg, run_json_worker, tfode_revision  # noqa: E402
+from benchmarks._common import REPO, loadavg, pin_tensorflow, tfode_revision
 
 OBSERVED_POINTS, QUERY_POINTS, POOL = 15, 20, 8
 REFERENCE_TOL = 1e-7
@@ -114,10 +106,8 @@ def time_requests(call, requests, num_timed, warmup):
     return {"wall_ms": wall, "cpu_ms": cpu, "total_s": time.perf_counter() - start, "nfe": nfe}
 
 
-def worker(args):
+def worker(args, frameworks=()):
     if not args.no_pin:
-        from _common import pin_tensorflow
-
         tf = pin_tensorflow()
     else:
         import tensorflow as tf
@@ -230,8 +220,10 @@ def tables(result, args):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+WORKERS = {"tf": (worker, "tf")}
+
+
+def add_args(p):
     p.add_argument("--model-base", default=os.path.join(REPO, "savedmodels", "latent_ode_spiral"))
     p.add_argument("--batches", default="1,8,64,512")
     p.add_argument("--tols", default="1e-1,1e-2,1e-3,1e-4,1e-5,1e-6")
@@ -239,43 +231,27 @@ def main(argv=None):
     p.add_argument("--requests", type=int, default=60, help="timed requests per row (>= 50 for a p99)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="50 requests per row, batches 1,64, tolerances 1e-1,1e-3,1e-6")
-    p.add_argument("--json", default=None, help="also write the raw timings here")
-    p.add_argument("--no-pin", action="store_true", help="no taskset, TensorFlow's default thread pools (GPU runs)")
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def report(args, ctx):
+    """Run the measurement in a pinned worker (in this process with ``--no-pin``: default thread pools)."""
     if args.quick:
         args.requests, args.batches, args.tols = 50, "1,64", "1e-1,1e-3,1e-6"
-    args.batches = [int(b) for b in args.batches.split(",")]
-    args.tols = [float(t) for t in args.tols.split(",")]
+    args.batches = [int(b) for b in str(args.batches).split(",")]
+    args.tols = [float(t) for t in str(args.tols).split(",")]
     args.model_base = os.path.abspath(args.model_base)
 
-    if args._worker:
-        with open(args._worker, "w") as fh:
-            json.dump(worker(args), fh)
-        return 0
-
     load_before = loadavg()
-    if args.no_pin:  # in this process, TensorFlow's default thread pools
+    if args.no_pin and not args.from_dir:  # in this process, TensorFlow's default thread pools
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        sys.path.insert(0, REPO)
         result = worker(args)
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "serving.json")
-            argv_worker = list(argv if argv is not None else sys.argv[1:]) + ["--_worker", out]
-            result = run_json_worker(__file__, argv_worker, out, log_prefix="serving")
+        result = ctx.run("tf")
     if "error" in result:
         print(result["error"], file=sys.stderr)
-        return 1
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh)
+        return None
     print(tables(result, args))
     pinning = "one core (taskset -c 0), one TF thread per pool" if not args.no_pin else "not pinned"
     print(f"\ntfode {tfode_revision()}; {pinning}; load average before/after: "
           f"{load_before[0]:.1f} / {loadavg()[0]:.1f}")  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """W2 gradient benchmark: d loss / d weights through an adaptive dopri5 solve.
 
 Workload (see /work/shared/bench/README.md, data in weights.npz):
@@ -61,24 +60,19 @@ at D=2 and <= 0.65x at D=32; relative gradient error <= 2e-4; stretch: <=
 diffrax backsolve on both sizes.
 
 Usage:
-    python benchmarks/w2_gradient.py [--sizes d2,d32] [--repeats 20]
+    python -m benchmarks.run W2 [--sizes d2,d32] [--repeats 20]
         [--frameworks tfode,tfp,torchdiffeq,diffrax] [--json out.json]
         [--keep-dir DIR]   (then: --from-dir DIR re-prints the report without running)
-TF workers run with this interpreter (--tf-python to change it), torch/JAX
-workers with /work/venv-bench/bin/python if present (--peer-python).
+TF workers run with --tf-python, torch/JAX workers with --peer-python.
 """
 
 from __future__ import annotations
 
 # Closures defined in the per-size loops are called within the same iteration.
 # ruff: noqa: B023
-import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 F_LOOP_ITERS = 200
 WORKER_OF = {"tfode": "tf", "tfp": "tf", "torchdiffeq": "torch", "diffrax": "jax"}
@@ -536,7 +530,13 @@ def worker_jaxref(args, frameworks):
     return results
 
 
-WORKERS = {"ref": worker_ref, "tf": worker_tf, "torch": worker_torch, "jax": worker_jax, "jaxref": worker_jaxref}
+WORKERS = {
+    "ref": (worker_ref, "tf"),
+    "tf": (worker_tf, "tf"),
+    "torch": (worker_torch, "peer"),
+    "jax": (worker_jax, "peer"),
+    "jaxref": (worker_jaxref, "peer"),
+}
 
 
 # --------------------------------------------------------------------------- #
@@ -544,23 +544,7 @@ WORKERS = {"ref": worker_ref, "tf": worker_tf, "torch": worker_torch, "jax": wor
 # --------------------------------------------------------------------------- #
 
 
-def _run(kind, args, frameworks, tmpdir, python):
-    """Run the ``kind`` worker in a pinned subprocess; its result, with ``"grads"`` when it saved some."""
-    out = os.path.join(tmpdir, f"{kind}.json")
-    argv = [
-        "--_worker", kind, "--_out", out,
-        "--sizes", ",".join(args.sizes), "--tol", repr(args.tol), "--ref-tol", repr(args.ref_tol),
-        "--repeats", str(args.repeats), "--frameworks", ",".join(frameworks), "--weights", args.weights,
-        "--direct-max-steps", str(args.direct_max_steps),
-    ]  # fmt: skip
-    if args.no_count:
-        argv.append("--no-count")
-    res = C.run_json_worker(__file__, argv, out, python=python, pin=not args.no_pin, log_prefix=f"w2/{kind}")
-    return C.attach_grads(res, out)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_args(p):
     p.add_argument("--sizes", default="d2,d32")
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--ref-tol", type=float, default=1e-10)
@@ -570,36 +554,28 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="5 timed runs")
     p.add_argument("--no-count", action="store_true", help="skip the untimed counted runs (TFP backward NFE)")
     p.add_argument("--no-crosscheck", action="store_true", help="skip the diffrax float64 cross-check")
-    C.add_worker_process_args(p, keep_dir_help="keep the workers' raw outputs (JSON + gradients) here")
-    args = p.parse_args(argv)
+
+
+def report(args, ctx):
     args.sizes = C.split_list(args.sizes)
     frameworks = C.split_list(args.frameworks)
     if set(frameworks) - set(WORKER_OF):
-        p.error(f"unknown frameworks; choose from {sorted(WORKER_OF)}")
+        raise SystemExit(f"unknown frameworks; choose from {sorted(WORKER_OF)}")
     if args.quick:
         args.repeats = min(args.repeats, 5)
-
-    if args._worker:
-        C.write_json(args._out, WORKERS[args._worker](args, frameworks))
-        return 0
 
     by_worker = C.group_by_worker(frameworks, WORKER_OF)
     kinds = ["ref"] + list(by_worker) + (["jaxref"] if "diffrax" in frameworks and not args.no_crosscheck else [])
     load_start = C.loadavg()
     rev_start = C.tfode_revision()
 
-    def run_kind(kind, workdir):
-        fws = by_worker.get(kind, ["diffrax"] if kind == "jaxref" else frameworks)
-        python = args.tf_python if kind in ("ref", "tf") else args.peer_python
-        return _run(kind, args, fws, workdir, python)
-
-    raw = C.run_or_load_workers(kinds, run_kind, from_dir=args.from_dir, keep_dir=args.keep_dir)
+    raw = {kind: ctx.run(kind, by_worker.get(kind, ["diffrax"] if kind == "jaxref" else frameworks)) for kind in kinds}
     load_end = C.loadavg()
     rev_end = C.tfode_revision()
 
     if "error" in raw["ref"]:
         print(f"reference failed: {raw['ref']['error']}")
-        return 1
+        return None
     refs = {size: raw["ref"]["grads"][f"{size}/tfode64-adjoint"] for size in args.sizes}
 
     rows, notes, versions, diag = {}, [], {}, {}
@@ -731,11 +707,5 @@ def main(argv=None):
     C.print_loadavg(load_start, load_end)
     C.print_revision(rev_start, rev_end)
     C.print_notes_and_versions(notes, versions)
-    if args.json:
-        C.write_json(args.json, {"rows": [dict(r) for r in rows.values()], "diag": diag, "notes": notes,
-                                 "versions": versions, "reference": raw["ref"].get("rows")}, indent=1)  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"rows": [dict(r) for r in rows.values()], "diag": diag, "notes": notes, "versions": versions,
+            "reference": raw["ref"].get("rows")}  # fmt: skip

@@ -62,25 +62,20 @@ Targets (for tfode-xla):
     * stretch: time <= diffrax.
 
 Usage:
-    python benchmarks/w1_forward.py [--sizes d2,d32] [--tols 1e-3,1e-5,1e-7]
+    python -m benchmarks.run W1 [--sizes d2,d32] [--tols 1e-3,1e-5,1e-7]
         [--repeats 20] [--frameworks tfode,tfp,torchdiffeq,diffrax] [--quick]
         [--json out.json] [--no-pin]
 
-Workers run with this interpreter (sys.executable); tfode is imported from the
-repository root (put on the workers' PYTHONPATH). A framework that cannot be
-imported is reported as "not installed".
+TF workers run with --tf-python, torch/JAX workers with --peer-python. A
+framework that cannot be imported is reported as "not installed".
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 F_LOOP_ITERS = 1000
 WARMUP = 3
@@ -415,7 +410,7 @@ def worker_jax(args, frameworks):
     return results
 
 
-WORKERS = {"tf": worker_tf, "torch": worker_torch, "jax": worker_jax}
+WORKERS = {"tf": (worker_tf, "tf"), "torch": (worker_torch, "peer"), "jax": (worker_jax, "peer")}
 
 
 # --------------------------------------------------------------------------- #
@@ -441,54 +436,23 @@ def reference(weights, size):
     return sol.y[:, -1].reshape(shape), int(sol.nfev)
 
 
-def run_worker(kind, args, frameworks, tmpdir):
-    """Run the ``kind`` worker for ``frameworks`` in a pinned subprocess; its result dict or ``{"error": ...}``."""
-    out = os.path.join(tmpdir, f"{kind}.json")
-    argv = [
-        "--_worker",
-        kind,
-        "--_out",
-        out,
-        "--sizes",
-        ",".join(args.sizes),
-        "--tols",
-        ",".join(repr(t) for t in args.tols),
-        "--repeats",
-        str(args.repeats),
-        "--frameworks",
-        ",".join(frameworks),
-        "--weights",
-        args.weights,
-    ]
-    print(f"[w1_forward] running {kind} worker: {' '.join(frameworks)}", file=sys.stderr, flush=True)
-    return C.run_json_worker(__file__, argv, out, pin=not args.no_pin, log_prefix=f"w1_forward/{kind}")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_args(p):
     p.add_argument("--sizes", default="d2,d32")
     p.add_argument("--tols", default="1e-3,1e-5,1e-7")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--frameworks", default="tfode,tfp,torchdiffeq,diffrax")
     p.add_argument("--quick", action="store_true", help="5 timed runs instead of --repeats")
-    p.add_argument("--weights", default=C.DEFAULT_WEIGHTS)
-    p.add_argument("--json", default=None, help="also write all raw results here")
-    p.add_argument("--no-pin", action="store_true", help="do not run workers under taskset -c 0")
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def report(args, ctx):
     args.sizes = C.split_list(args.sizes)
     args.tols = C.split_list(args.tols, float)
     frameworks = C.split_list(args.frameworks)
     unknown = set(frameworks) - set(WORKER_OF)
     if unknown:
-        p.error(f"unknown frameworks {sorted(unknown)}; choose from {sorted(WORKER_OF)}")
+        raise SystemExit(f"unknown frameworks {sorted(unknown)}; choose from {sorted(WORKER_OF)}")
     if args.quick:
         args.repeats = min(args.repeats, 5)
-
-    if args._worker:
-        C.write_json(args._out, WORKERS[args._worker](args, frameworks))
-        return 0
 
     import numpy as np
 
@@ -504,10 +468,7 @@ def main(argv=None):
         )
 
     by_worker = C.group_by_worker(frameworks, WORKER_OF)
-    raw = {}
-    with tempfile.TemporaryDirectory() as tmpdir:
-        for kind, fws in by_worker.items():
-            raw[kind] = run_worker(kind, args, fws, tmpdir)
+    raw = {kind: ctx.run(kind, fws) for kind, fws in by_worker.items()}
 
     # Collect rows.
     rows, notes, versions, f_eval, floors = {}, [], {}, {}, {}
@@ -628,14 +589,4 @@ def main(argv=None):
             print("\n".join(f"- {d}" for d in diag))
             print()
     C.print_notes_and_versions(notes, versions)
-    if args.json:
-        C.write_json(
-            args.json,
-            {"rows": list(rows.values()), "f_eval": f_eval, "floors": floors, "notes": notes, "versions": versions},
-            indent=1,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"rows": list(rows.values()), "f_eval": f_eval, "floors": floors, "notes": notes, "versions": versions}

@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Diagnostic for w1_forward.py: how the error estimate and the controller set dopri5's NFE.
+"""W1 diagnostic: how the error estimate and the controller set dopri5's NFE.
 
 Runs tfode eagerly on W1 (counts only, no timing) with four variants:
     * error estimate: Shampine's embedded solution (b_hat = 1951/21600, 0,
@@ -11,21 +10,17 @@ Runs tfode eagerly on W1 (counts only, no timing) with four variants:
       torchdiffeq/diffrax) or dopri5.f's PI controller (beta1 = 0.17,
       beta2 = 0.04), both through solve's ``options``.
 Prints NFE and max abs error of y(1) against the same float64 DOP853 reference
-as w1_forward.py.
+as W1. Runs in one pinned worker process.
 
-Usage: python benchmarks/w1_nfe_variants.py
+Usage: python -m benchmarks.run W1-nfe
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import _common as C  # noqa: E402
-import w1_forward as wf  # noqa: E402
+from benchmarks import _common as C
+from benchmarks.workloads import w1_forward as wf
 
 
 def _field(tf, d):
@@ -38,10 +33,14 @@ def _field(tf, d):
     return f
 
 
-def main():
-    C.set_thread_env()
+def add_args(p):
+    pass
+
+
+def worker(args, frameworks):
     import numpy as np
-    import tensorflow as tf
+
+    tf = C.pin_tensorflow()
 
     import tfode
     from tfode.tableaus import DOPRI5
@@ -57,11 +56,10 @@ def main():
         ("DP error, I", original, {}),
         ("DP error, PI (dopri5.f)", original, pi),
     ]
-    print("| size | tol | " + " | ".join(v[0] for v in variants) + " |")
-    print("|---|---|" + "---:|" * len(variants))
+    lines = ["| size | tol | " + " | ".join(v[0] for v in variants) + " |", "|---|---|" + "---:|" * len(variants)]
     for size in ("d2", "d32"):
-        ref = wf.reference(C.DEFAULT_WEIGHTS, size)[0]
-        d = C.load_workload(size, C.DEFAULT_WEIGHTS)
+        ref = wf.reference(args.weights, size)[0]
+        d = C.load_workload(size, args.weights)
         f = _field(tf, d)
         y0, t_span = tf.constant(d["y0"]), tf.constant([0.0, 1.0])
         for tol in (1e-3, 1e-5, 1e-7):
@@ -70,8 +68,14 @@ def main():
                 sol = tfode.solve(f, y0, t_span, method=tableau, rtol=tol, atol=tol, options=options or None)
                 err = np.abs(sol.ys[-1].numpy() - ref).max()
                 cells.append(f"{int(sol.stats.num_fn_evals)} ({err:.1e})")
-            print(f"| {size} | {tol:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {size} | {tol:g} | " + " | ".join(cells) + " |")
+    return {"table": lines}
 
 
-if __name__ == "__main__":
-    main()
+WORKERS = {"tf": (worker, "tf")}
+
+
+def report(args, ctx):
+    res = ctx.run("tf")
+    print(res.get("error") or "\n".join(res["table"]))
+    return res

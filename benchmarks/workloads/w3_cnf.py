@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """W3 CNF benchmark: log-density and its gradient under a continuous normalizing flow.
 
 Workload (see /work/shared/bench/README.md, data in weights.npz):
@@ -53,21 +52,16 @@ Columns:
         so the CPU ratio decides.
 
 Usage:
-    python benchmarks/w3_cnf.py [--repeats 10] [--frameworks tfode,ffjord,diffrax]
+    python -m benchmarks.run W3 [--repeats 10] [--frameworks tfode,ffjord,diffrax]
         [--json out.json] [--keep-dir DIR] [--no-crosscheck] [--quick]
-TF workers run with this interpreter (--tf-python), the JAX workers with
-/work/venv-bench/bin/python if present (--peer-python).
+TF workers run with --tf-python, the JAX workers with --peer-python.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 WEIGHT_NAMES = ("W0", "b0", "W1", "b1", "W2", "b2", "W3", "b3")
 WORKER_OF = {"tfode": "tf", "ffjord": "tf", "diffrax": "jax"}
@@ -79,7 +73,7 @@ IMPLS_OF = {
 IMPL_ORDER = [i for fw in ("tfode", "ffjord", "diffrax") for i in IMPLS_OF[fw]]
 
 
-def load_cnf(weights=C.DEFAULT_WEIGHTS):
+def load_cnf(weights):
     """``({name: array}, x)``: the eight W3 weights (row convention) and ``cnf_x`` ``[512, 2]``."""
     import numpy as np
 
@@ -377,7 +371,12 @@ def worker_jaxref(args, frameworks):
     return {"rows": {"diffrax64-checkpoint": {"mean_log_p": float(loss)}}}
 
 
-WORKERS = {"ref": worker_ref, "tf": worker_tf, "jax": worker_jax, "jaxref": worker_jaxref}
+WORKERS = {
+    "ref": (worker_ref, "tf"),
+    "tf": (worker_tf, "tf"),
+    "jax": (worker_jax, "peer"),
+    "jaxref": (worker_jaxref, "peer"),
+}
 
 
 # --------------------------------------------------------------------------- #
@@ -385,51 +384,32 @@ WORKERS = {"ref": worker_ref, "tf": worker_tf, "jax": worker_jax, "jaxref": work
 # --------------------------------------------------------------------------- #
 
 
-def _run(kind, args, frameworks, workdir, python):
-    """Run the ``kind`` worker in a pinned subprocess; its result, with ``"grads"`` when it saved some."""
-    out = os.path.join(workdir, f"{kind}.json")
-    argv = [
-        "--_worker", kind, "--_out", out, "--tol", repr(args.tol), "--ref-tol", repr(args.ref_tol),
-        "--repeats", str(args.repeats), "--frameworks", ",".join(frameworks), "--weights", args.weights,
-    ]  # fmt: skip
-    res = C.run_json_worker(__file__, argv, out, python=python, pin=not args.no_pin, log_prefix=f"w3/{kind}")
-    return C.attach_grads(res, out)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_args(p):
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--ref-tol", type=float, default=1e-10)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--frameworks", default="tfode,ffjord,diffrax")
     p.add_argument("--quick", action="store_true", help="3 timed runs (not a measurement)")
     p.add_argument("--no-crosscheck", action="store_true", help="skip the diffrax float64 cross-check")
-    C.add_worker_process_args(p, keep_dir_help="keep the workers' raw outputs here")
-    args = p.parse_args(argv)
+
+
+def report(args, ctx):
     frameworks = C.split_list(args.frameworks)
     if set(frameworks) - set(WORKER_OF):
-        p.error(f"unknown frameworks; choose from {sorted(WORKER_OF)}")
+        raise SystemExit(f"unknown frameworks; choose from {sorted(WORKER_OF)}")
     if args.quick:
         args.repeats = min(args.repeats, 3)
-
-    if args._worker:
-        C.write_json(args._out, WORKERS[args._worker](args, frameworks))
-        return 0
 
     by_worker = C.group_by_worker(frameworks, WORKER_OF)
     kinds = ["ref"] + list(by_worker) + (["jaxref"] if "diffrax" in frameworks and not args.no_crosscheck else [])
     load_start, rev_start = C.loadavg(), C.tfode_revision()
 
-    def run_kind(kind, workdir):
-        python = args.tf_python if kind in ("ref", "tf") else args.peer_python
-        return _run(kind, args, by_worker.get(kind, frameworks), workdir, python)
-
-    raw = C.run_or_load_workers(kinds, run_kind, from_dir=args.from_dir, keep_dir=args.keep_dir)
+    raw = {kind: ctx.run(kind, by_worker.get(kind, frameworks)) for kind in kinds}
     load_end, rev_end = C.loadavg(), C.tfode_revision()
 
     if "error" in raw["ref"]:
         print(f"reference failed: {raw['ref']['error']}")
-        return 1
+        return None
     ref = raw["ref"]["grads"]["tfode64-adjoint"]
 
     rows, notes, versions = {}, [], {}
@@ -493,11 +473,4 @@ def main(argv=None):
     C.print_loadavg(load_start, load_end)
     C.print_revision(rev_start, rev_end)
     C.print_notes_and_versions(notes, versions)
-    if args.json:
-        C.write_json(args.json, {"rows": list(rows.values()), "notes": notes, "versions": versions,
-                                 "reference": raw["ref"].get("rows")}, indent=1)  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"rows": list(rows.values()), "notes": notes, "versions": versions, "reference": raw["ref"].get("rows")}

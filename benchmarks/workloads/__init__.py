@@ -1,0 +1,1 @@
+"""Benchmark workloads: one module each, registered in ``benchmarks/run.py``."""
