@@ -10,7 +10,13 @@ sample fails alone (NaN outputs, its own status) while the others finish.
 
 The loop evaluates ``f`` on the whole batch each iteration and runs until every
 sample is done; finished and failed samples are frozen (their rows enter ``f``
-as zeros, so a NaN row cannot reach the others' gradients). Output times may be
+as zeros). Gradients (backpropagation through the loop) stay exact for every
+sample: an iteration in which some sample's trial stages are not finite (a step
+leaving ``f``'s domain) is discarded for every sample, and the samples whose
+stages were finite redo the identical step in the next iteration without counting
+it; so the whole-evaluation gradient guard (``tfode._captures``), which zeroes an
+evaluation's gradient when any of its outputs is not finite, never drops a
+contribution that an accepted step used. Output times may be
 shared ``[N]`` or per sample ``[B, N]`` (each row monotone; pad shorter series by
 repeating their last time), written by a fixed-shape masked dense output: no
 host synchronisation and no data-dependent shapes, so the same code runs
@@ -30,7 +36,7 @@ from tfode.norms import scaled_error_ratio
 from tfode.runge_kutta import along_batch, runge_kutta_step
 from tfode.solution import SolverStats, Status
 
-__all__ = ["guard_nonfinite_rows", "integrate_per_sample"]
+__all__ = ["integrate_per_sample"]
 
 
 class _State(NamedTuple):
@@ -79,18 +85,28 @@ def _next_output_time(p, index):
 def _initial_state(p, y0, inputs_valid):
     t0 = p.t[:, 0]
     batch = tf.shape(t0)[0]
-    f0 = list(p.fn(t0, y0))
+    given = y0
+    y0_finite = _rows_finite(y0)
+    y0 = [_where_rows(y0_finite, y, tf.zeros_like(y)) for y in y0]  # a NaN start fails its sample alone
+    # f0 twice: a sample whose derivative is not finite fails alone, and the others' f0 comes
+    # from an evaluation with that row zeroed, whose gradient no NaN row can poison
+    # (a tf.cond would do it only when needed, but a cond's gradient inside a loop cannot
+    # capture the field's variables).
+    f0_finite = _rows_finite(tf.nest.map_structure(tf.stop_gradient, list(p.fn(t0, y0))))
+    safe = [_where_rows(f0_finite, y, tf.zeros_like(y)) for y in y0]
+    f0 = list(p.fn(t0, safe))
     step0, memory, extra = p.controller.initial(p.fn, t0, y0, f0, p.t, p.direction, p.tableau, p.rtol, p.atol,
                                                 p.error_mask, per_sample=True)  # fmt: skip
+    extra += 1  # the second evaluation of f0
     step0 = tf.broadcast_to(tf.stop_gradient(step0), [batch])
     memory = tf.broadcast_to(memory, [batch])
     status = tf.fill([batch], int(Status.RUNNING))
-    status = tf.where(_rows_finite(y0) & _rows_finite(f0), status, int(Status.NON_FINITE))
+    status = tf.where(y0_finite & f0_finite, status, int(Status.NON_FINITE))
     if inputs_valid is not None:
         status = tf.where(inputs_valid, status, int(Status.INVALID_INPUT))
     status = tf.where(tf.equal(p.num_times, 1) & tf.equal(status, int(Status.RUNNING)), int(Status.SUCCESS), status)
     buffers = []
-    for leaf in y0:
+    for leaf in given:
         nan = tf.fill(tf.concat([[p.num_times], tf.shape(leaf)], axis=0), tf.constant(float("nan"), leaf.dtype))
         buffers.append(tf.tensor_scatter_nd_update(nan, [[0]], leaf[None]))
     zeros = tf.zeros([batch], tf.int32)
@@ -151,6 +167,11 @@ def _loop_body(p, max_num_steps, s):
         ratio = tf.stop_gradient(scaled_error_ratio(error, y_start, y1, p.rtol, p.atol, p.error_mask, True))
     accept, next_step, memory, failure = p.controller.adapt(s.t, step, ratio, s.memory, _rows_finite(y1),
                                                             p.direction, p.tableau.error_order)  # fmt: skip
+    # A sample whose trial stages are not finite discards this iteration for everyone: the others
+    # redo the identical step next time, uncounted (see the module docstring).
+    stages_finite = _rows_finite([leaf for stage in stages for leaf in stage])
+    redo = active & stages_finite & tf.reduce_any(active & ~stages_finite)
+    active = active & ~redo
     accept = accept & active
     index, buffers = _write_outputs(p, s, t1, y_start, y1, stages, accept)
     counted = tf.cast(active, tf.int32)
@@ -161,7 +182,7 @@ def _loop_body(p, max_num_steps, s):
     status = tf.where(active & (index >= p.num_times), int(Status.SUCCESS), status)
     return _State(
         t=tf.where(accept, t1, s.t),
-        step=tf.stop_gradient(tf.where(active, next_step, s.step)),
+        step=tf.stop_gradient(tf.where(active, next_step, s.step)),  # a redo keeps its step
         y=tuple(_where_rows(accept, a, b) for a, b in zip(y1, s.y)),
         f=tuple(_where_rows(accept, a, b) for a, b in zip(f1, s.f)),
         memory=tf.where(active, memory, s.memory),
@@ -202,7 +223,8 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
             lambda s: tf.reduce_any(tf.equal(s.status, int(Status.RUNNING))),
             lambda s: (_loop_body(p, max_num_steps, s),),
             (state,),
-            maximum_iterations=max_num_steps,
+            # Each sample's budget is enforced by its own count; redone iterations (see above) are extra.
+            maximum_iterations=2 * max_num_steps + 1,
         )
         stats = SolverStats(
             num_fn_evals=final.num_fn_evals,
@@ -214,45 +236,3 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
             step_size=final.step,
         )
         return list(final.buffers), stats
-
-
-def guard_nonfinite_rows(fn, captures):
-    """``fn`` whose gradient ignores the samples (rows) where its output is not finite.
-
-    Per-sample counterpart of ``tfode._captures.guard_nonfinite_gradients``: a
-    sample's rejected trial step may evaluate ``fn`` outside its domain while the
-    other samples' steps in the same evaluation are accepted. The backward pass
-    re-evaluates ``fn`` with those rows replaced by zeros and their cotangents
-    zeroed, so ``0 * NaN`` never reaches the other samples' or the parameters'
-    gradients (one extra evaluation of ``fn`` per backward stage).
-    """
-    captures = list(captures)
-
-    def guarded(t, leaves):
-        num_leaves = len(leaves)
-
-        @tf.custom_gradient
-        def evaluate(t, *inputs):
-            out = list(fn(t, list(inputs[:num_leaves])))
-
-            def grad(*cotangents, variables=None):
-                variables = list(variables or [])
-                finite = _rows_finite(out)
-                safe = [_where_rows(finite, y, tf.zeros_like(y)) for y in inputs[:num_leaves]]
-                cotangents = [_where_rows(finite, c, tf.zeros_like(c)) if c is not None else tf.zeros_like(o)
-                              for c, o in zip(cotangents, out)]  # fmt: skip
-                sources = [t, *safe, *inputs[num_leaves:], *variables]
-                with tf.GradientTape() as tape:
-                    tape.watch([t, *safe, *inputs[num_leaves:]])
-                    again = list(fn(t, safe))
-                grads = tape.gradient(again, sources, output_gradients=cotangents,
-                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
-                grads = [tf.convert_to_tensor(g) for g in grads]
-                split = 1 + len(inputs)
-                return grads[:split], grads[split:]
-
-            return out, grad
-
-        return list(evaluate(t, *leaves, *captures))
-
-    return guarded

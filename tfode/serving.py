@@ -39,6 +39,7 @@ from tfode._keras_utils import walk_layers
 from tfode.layers import ODELayer
 from tfode.models._flow_model import ContinuousFlow
 from tfode.models._latent_ode import LatentODE
+from tfode.stats import batch_fn_evals
 
 __all__ = ["export", "next_version"]
 
@@ -136,7 +137,7 @@ def _call_layer(layer, x, tolerances, fn_evals):
         return layer(x, training=False)
     config = None if tolerances is None else layer.solver.replace(rtol=tolerances[0], atol=tolerances[1])
     out = layer(x, training=False, solver=config)
-    fn_evals.append(tf.cast(layer.last_solve_stats.num_fn_evals, tf.int32))
+    fn_evals.append(tf.cast(batch_fn_evals(layer.last_solve_stats), tf.int32))
     return out
 
 

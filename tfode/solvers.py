@@ -13,7 +13,7 @@ from tfode._complex import has_complex_leaves, solve_complex
 from tfode.adjoint import BackwardSolve, adjoint_integrate
 from tfode.config import DEFAULT_MAX_NUM_STEPS, SolverConfig, as_config
 from tfode.integrate import integrate
-from tfode.per_sample import guard_nonfinite_rows, integrate_per_sample
+from tfode.per_sample import integrate_per_sample
 from tfode.solution import Solution
 from tfode.solution import raise_on_failure as raise_on_failure_
 from tfode.tableaus import get_tableau
@@ -197,7 +197,7 @@ def solve(
             fn = problem.make_fn(problem.args)
             captured = captured_tensors(fn, problem.t[:, 0], problem.leaves, func=func)
             extra = [c for c in captured if all(c is not a for a in problem.args)]
-            fn = guard_nonfinite_rows(fn, problem.args + extra)
+            fn = guard_nonfinite_gradients(fn, problem.args + extra)
             ys, stats = integrate_per_sample(fn, problem.leaves, problem.t, *forward,
                                              inputs_valid=problem.inputs_valid)  # fmt: skip
             ys = [tf.convert_to_tensor(y) for y in ys]

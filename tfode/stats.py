@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["SolveStats", "record_stats"]
+__all__ = ["SolveStats", "batch_fn_evals", "record_stats"]
 
 _FIELDS = ("num_fn_evals", "num_steps", "status")
 
@@ -72,5 +72,20 @@ def record_stats(recorder, stats):
     for field in _FIELDS:
         target = getattr(recorder, field, None)
         if target is not None:
-            updates.append(target.assign(tf.cast(getattr(stats, field), target.dtype)))
+            value = tf.convert_to_tensor(getattr(stats, field))
+            if value.shape.rank != 0:  # a per-sample solve: the batch's cost, the worst status
+                value = batch_fn_evals(stats) if field == "num_fn_evals" else _max_or_zero(value)
+            updates.append(target.assign(tf.cast(value, target.dtype)))
     return updates
+
+
+def _max_or_zero(values):
+    values = tf.reshape(values, [-1])
+    return tf.reduce_max(tf.concat([values, tf.zeros([1], values.dtype)], axis=0))
+
+
+def batch_fn_evals(stats):
+    """Evaluations of ``f`` on the whole batch: ``num_fn_evals``, or for a per-sample solve
+    (``[B]`` counters) the largest, which is how often the batched ``f`` ran (0 for an empty batch)."""
+    counts = tf.reshape(tf.convert_to_tensor(stats.num_fn_evals), [-1])
+    return tf.reduce_max(tf.concat([counts, tf.zeros([1], counts.dtype)], axis=0))

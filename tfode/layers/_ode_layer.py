@@ -13,7 +13,7 @@ from tfode._keras_utils import from_config_with_nested, walk_layers
 from tfode.config import DEFAULTS, SolverConfig, as_config
 from tfode.layers._metrics import VariableValue, replica_counter
 from tfode.solvers import solve, solver_config
-from tfode.stats import SolveStats
+from tfode.stats import SolveStats, batch_fn_evals
 
 __all__ = ["ODELayer", "configure_solver"]
 
@@ -247,7 +247,7 @@ class ODELayer(keras.layers.Layer):
 
     def _record_forward(self, stats, backward):
         """Record a forward solve's cost; without an adjoint the backward count is 0."""
-        self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
+        self.num_fn_evals_forward.assign(tf.cast(batch_fn_evals(stats), tf.float32))
         if not backward:
             self.num_fn_evals_backward.assign(0.0)
 

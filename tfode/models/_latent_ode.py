@@ -14,6 +14,7 @@ from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
 from tfode.models._irregular import solve_at_series_times, unpack_inputs
 from tfode.solvers import solver_config
+from tfode.stats import batch_fn_evals
 
 __all__ = [
     "LatentODE",
@@ -215,13 +216,17 @@ class LatentODE(keras.Model):
         self.num_fn_evals_forward = replica_counter("nfe_forward")
 
     def build(self, input_shape=None):
-        self.encoder.build((None, None), (None, None, self.obs_dim), (None, None, self.obs_dim))
-        self.field.build((), (None, self.latent_dim))
-        self.decoder.build((None, None, self.latent_dim))
-        if self.log_rate is not None:
-            self.log_rate.build((None, None, self.latent_dim))
-        if self.classifier is not None:
-            self.classifier.build((None, self.latent_dim))
+        # Sublayers a direct call (e.g. serving_outputs before fit) already built keep their weights.
+        parts = [
+            (self.encoder, ((None, None), (None, None, self.obs_dim), (None, None, self.obs_dim))),
+            (self.field, ((), (None, self.latent_dim))),
+            (self.decoder, ((None, None, self.latent_dim),)),
+            (self.log_rate, ((None, None, self.latent_dim),)),
+            (self.classifier, ((None, self.latent_dim),)),
+        ]
+        for layer, shapes in parts:
+            if layer is not None and not layer.built:
+                layer.build(*shapes)
         self.built = True
 
     def _unpack(self, inputs):
@@ -247,7 +252,7 @@ class LatentODE(keras.Model):
     def latent_trajectory(self, z0, query_times, solver=None):
         """``z`` at the query times, ``[B, Q, latent_dim]``, from ``z(0) = z0``."""
         zs, stats = self._solve_latent(z0, query_times, self._solvers(solver)[0])
-        self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
+        self.num_fn_evals_forward.assign(tf.cast(batch_fn_evals(stats), tf.float32))
         return zs
 
     def _solve_latent(self, z0, query_times, solver):
@@ -279,8 +284,9 @@ class LatentODE(keras.Model):
         """
         latent, encoder = self._solvers(solver)
         z0, _ = self.encoder(times, values, mask, solver=encoder)
-        zs, stats = self._solve_latent(z0, query_times, latent)
-        outputs = {"mean": self.decoder(zs), "num_fn_evals": stats.num_fn_evals}
+        # Inference needs no adjoint: per-series times are then solved per sample (batch-independent).
+        zs, stats = self._solve_latent(z0, query_times, latent.replace(adjoint=False))
+        outputs = {"mean": self.decoder(zs), "num_fn_evals": batch_fn_evals(stats)}
         if self.classifier is not None:
             outputs["logits"] = self.classifier(z0)
         return outputs
@@ -310,7 +316,7 @@ class LatentODE(keras.Model):
         else:
             zs, stats = self._solve_latent(z0, times, solver)
             extra = 0.0
-        self.num_fn_evals_forward.assign(tf.cast(stats.num_fn_evals, tf.float32))
+        self.num_fn_evals_forward.assign(tf.cast(batch_fn_evals(stats), tf.float32))
         return masked_gaussian_log_likelihood(values, self.decoder(zs), self.obs_std, mask) + extra, zs
 
     def _training_loss(self, mean, log_var, z0_samples, times, values, mask, solver):

@@ -21,19 +21,21 @@ FIXED_STEPS_PER_GAP = 4
 
 
 def gap_solver(config: SolverConfig) -> SolverConfig:
-    """``config`` for solves over the unit interval: a fixed-step method without a
-    controller takes ``FIXED_STEPS_PER_GAP`` equal steps; no adjoint (short solves,
-    backpropagation is cheaper than a backward solve per gap)."""
+    """``config`` for solves over the unit interval: per sample (each series' gap is its own
+    problem, so a series' result does not depend on its batch-mates), no adjoint (short
+    solves: backpropagation is cheaper than a backward solve per gap), and a fixed-step
+    method without a controller takes ``FIXED_STEPS_PER_GAP`` equal steps."""
     if config.controller is None and not config.tableau.adaptive:
         config = config.replace(controller=ConstantStepSize(1.0 / FIXED_STEPS_PER_GAP))
-    return config.replace(adjoint=False)
+    return config.replace(adjoint=False, batch_axis=0)
 
 
 def evolve_over_gaps(field, h, gap, config):
     """``h`` ``[B, units]`` evolved by ``dh/dt = field(h)`` over per-series gaps ``gap`` ``[B, 1]``.
 
     Each series has its own gap: with ``s in [0, 1]``, ``dh/ds = gap * field(s, h)``
-    covers all of them in one solve (a negative gap evolves backwards in time).
+    covers all of them in one per-sample solve (a negative gap evolves backwards in
+    time); ``field`` receives ``s`` of shape ``[B]``.
 
     Args:
         field: a vector field ``field(s, h)`` (e.g. ``TimeMLP(time_embedding="none")``).
