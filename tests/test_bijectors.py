@@ -22,6 +22,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import scipy.linalg  # noqa: E402
@@ -540,3 +541,36 @@ def test_hutchinson_without_seed():
         rtol=0,
         atol=1e-12,
     )
+
+
+# --------------------------------------------------------------------------- #
+# TFP citizenship: variables, batch shapes
+# --------------------------------------------------------------------------- #
+
+
+def test_keras_field_weights_are_bijector_and_distribution_variables():
+    """The standard TFP loop over ``dist.trainable_variables`` trains a Keras vector field."""
+    tfb = tfp.bijectors
+    field = tfode.layers.TimeMLP(hidden=(16,))
+    flow = ContinuousFlowBijector(field, rtol=1e-3, atol=1e-3)
+    dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
+    chained = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), tfb.Chain([tfb.Scale(2.0), flow]))
+    x = tf.constant(np.random.default_rng(0).normal(size=(256, 2)) * 0.5 + [1.5, -1.0], tf.float32)
+    dist.log_prob(x[:1])  # builds the field
+    expected = {id(w.value) for w in field.trainable_weights}
+    assert len(expected) == 4
+    for owner in (flow, dist, tfb.Chain([flow]), chained):
+        assert {id(v) for v in owner.trainable_variables} == expected
+        assert expected <= {id(v) for v in owner.variables}
+    optimizer = keras.optimizers.Adam(0.05)
+    losses = []
+    for _ in range(4):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(dist.log_prob(x))
+        grads = tape.gradient(loss, dist.trainable_variables)
+        assert all(g is not None for g in grads)
+        optimizer.apply_gradients(zip(grads, dist.trainable_variables))
+        losses.append(float(loss))
+    # The data sit ~1.8 standard deviations off the base's mean: a few Adam steps
+    # at lr 0.05 cut the NLL by well over 0.5 nats (measured: 3.30 -> 2.29).
+    assert losses[-1] < losses[0] - 0.5, losses

@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
+from tfode._module_variables import KerasVariables
 from tfode._overrides import current_tolerances, record_fn_evals
 from tfode._xla import in_xla_context
 from tfode.adjoint import record_stats
@@ -254,6 +255,7 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             raise TypeError(f"seed must be an int or None, got {seed!r}.")
         with tf.name_scope(name) as name:
             self._vector_field = vector_field
+            self._vector_field_variables = KerasVariables(vector_field)  # a Keras field's weights in `variables`
             self._t0, self._t1 = float(t0), float(t1)
             self._trace, self._noise = trace, noise
             self._solver_kwargs = dict(method=method, rtol=rtol, atol=atol, options=options,
