@@ -138,6 +138,24 @@ def _noise(kind, shape, dtype, seed):
     return tf.cast(2 * signs - 1, dtype)
 
 
+def _solve_rows(graph_solve, z, tolerances):
+    """Runs an eager-mode graph solve on ``z`` ``[..., D]`` flattened to rows ``[N, D]``.
+
+    The graph function relaxes its input shape when retraced for a new one; across
+    input ranks that relaxation is an unknown rank, which a vector field (and the
+    exact trace's static ``D``) cannot handle. Rows keep every trace at rank 2, so
+    any batch shape works on the same bijector. Returns ``graph_solve``'s
+    ``(z_end, log_det, regularization)`` reshaped back to ``[..., D]`` and ``[...]``.
+    """
+    if z.shape.rank is None or z.shape.rank == 0 or not z.shape[-1]:
+        return graph_solve(z, tolerances)  # a scalar or an empty event: the solve names the error
+    shape = tf.shape(z)
+    z_end, log_det, terms = graph_solve(tf.reshape(z, [-1, z.shape[-1]]), tolerances)
+    batch = shape[:-1]
+    terms = {key: tf.reshape(value, batch) for key, value in terms.items()}
+    return tf.reshape(z_end, shape), tf.reshape(log_det, batch), terms
+
+
 class _SolveStats(tf.Module):
     """Counters of one solve of the bijector: int32 variables ``num_fn_evals``, ``num_steps``, ``status``.
 
@@ -314,7 +332,7 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         if tf.executing_eagerly():
             if tolerances is not None:
                 tolerances = tuple(tf.cast(value, tf.float64) for value in tolerances)
-            return self._solve_in_graph[(t_start, t_end, regularize)](z, tolerances)
+            return _solve_rows(self._solve_in_graph[(t_start, t_end, regularize)], z, tolerances)
         return self._solve(z, t_start, t_end, regularize, tolerances)
 
     def _solve(self, z, t_start, t_end, regularize, tolerances=None):
