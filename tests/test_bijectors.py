@@ -595,3 +595,20 @@ def test_any_batch_shape_on_one_bijector(trace):
         np.testing.assert_allclose(single, rows[0], rtol=1e-5, atol=1e-5)
     else:  # fresh noise per solve: only finite values
         assert np.isfinite(batched.numpy()).all()
+
+
+def test_bijector_cache_serves_stale_log_prob_while_the_inverse_is_held():
+    """The README's warning and workarounds: TFP's cache keys on the tensor while the output lives."""
+    field = tfode.layers.TimeMLP(hidden=(8,))
+    flow = ContinuousFlowBijector(field, rtol=1e-4, atol=1e-4)
+    dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
+    x = tf.constant(np.random.default_rng(0).normal(size=(16, 2)), tf.float32)
+    z = flow.inverse(x)
+    before = dist.log_prob(x)
+    for weight in field.trainable_weights:  # "training"
+        weight.assign(weight + 0.3)
+    np.testing.assert_array_equal(dist.log_prob(x), before)  # stale: served from the cache
+    fresh = dist.log_prob(tf.identity(x))
+    assert np.abs(fresh - before).max() > 0.1  # measured 2.3
+    del z
+    np.testing.assert_allclose(dist.log_prob(x), fresh, rtol=1e-6)
