@@ -78,3 +78,30 @@ def test_broadcast_rule():
     assert broadcast_shared_times(per_series)["times"] is per_series["times"]  # per-series times untouched
     dataset = tf.data.Dataset.from_tensors({"times": times, "values": values})
     assert broadcast_shared_times(dataset) is dataset
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_compiled_loss_is_added_and_needs_targets(name):
+    times, values, _ = _data()
+    inputs = {"times": np.tile(times, (6, 1)), "values": values}
+    keras.utils.set_random_seed(0)
+    model = MODELS[name]()
+    model.compile(keras.optimizers.Adam(1e-2), loss="mse", jit_compile=False)
+    for method in (model.fit, model.evaluate):
+        with pytest.raises(ValueError, match=r"loss='mse' was given to compile\(\), but fit/evaluate got no targets y"):
+            method(inputs, batch_size=3, verbose=0)
+    history = model.fit(inputs, values, batch_size=3, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    with_mse = model.evaluate(inputs, values, batch_size=6, verbose=0)
+    if name == "latent_ode":  # a posterior sample in the objective: only finite
+        assert np.isfinite(with_mse)
+        return
+    predicted = model.predict(inputs, batch_size=6, verbose=0)
+    mse = float(np.mean((predicted - values) ** 2))
+    plain = MODELS[name]()  # Keras keeps a compiled loss across compile() calls: a second model, same weights
+    plain(inputs)
+    plain.set_weights(model.get_weights())
+    plain.compile(keras.optimizers.Adam(1e-2), jit_compile=False)
+    objective = plain.evaluate(inputs, batch_size=6, verbose=0)
+    # One batch of 6: the reported loss is exactly objective + mse (float32 round-off).
+    np.testing.assert_allclose(with_mse, objective + mse, rtol=1e-5)

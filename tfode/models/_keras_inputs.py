@@ -72,7 +72,9 @@ class IrregularSeriesTrainer:
     Shared ``times`` ``[T]`` and ``query_times`` ``[Q]`` are broadcast to every
     series of ``values`` ``[B, T, D]`` before Keras splits the batch (see the
     module docstring). ``evaluate`` and validation report the training objective as
-    ``loss`` (``call`` runs in training mode there).
+    ``loss`` (``call`` runs in training mode there). A loss given to ``compile`` is ADDED
+    to the model's own objective as ``loss(y, prediction)``; it needs targets ``y``,
+    and ``fit``/``evaluate`` without them raise a ``ValueError`` naming ``loss``.
     """
 
     def fit(self, *args, **kwargs):
@@ -80,6 +82,8 @@ class IrregularSeriesTrainer:
         arguments.pop("self")
         extra = arguments.pop("kwargs", {})
         arguments["x"] = broadcast_shared_times(arguments.get("x"))
+        if isinstance(arguments["x"], dict):
+            self._check_targets(arguments.get("y"))
         if arguments.get("validation_data") is not None:
             arguments["validation_data"] = _broadcast_validation(arguments["validation_data"])
         return super().fit(**arguments, **extra)
@@ -89,6 +93,8 @@ class IrregularSeriesTrainer:
         arguments.pop("self")
         extra = arguments.pop("kwargs", {})
         arguments["x"] = broadcast_shared_times(arguments.get("x"))
+        if isinstance(arguments["x"], dict):
+            self._check_targets(arguments.get("y"))
         return super().evaluate(**arguments, **extra)
 
     def predict(self, *args, **kwargs):
@@ -113,3 +119,16 @@ class IrregularSeriesTrainer:
         if getattr(self, "_objective_in_test_step", False):
             kwargs["training"] = True
         return super().__call__(*args, **kwargs)
+
+    def _check_targets(self, y):
+        """Raises the ``ValueError`` naming ``loss`` when a compiled loss has no targets ``y``."""
+        if y is None and getattr(self, "loss", None) is not None:
+            raise ValueError(
+                f"loss={self.loss!r} was given to compile(), but fit/evaluate got no targets y. "
+                f"{type(self).__name__} trains on its own objective without a loss= (compile(optimizer)); "
+                "a compiled loss is added to it as loss(y, prediction) and needs y (e.g. fit(x, y))."
+            )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self._check_targets(y)  # a dataset without targets (dicts are checked before Keras starts)
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
