@@ -505,3 +505,35 @@ def test_time_mlp_any_rank_of_y_including_unknown(time_embedding):
         np.testing.assert_allclose(unknown_rank(tf.constant(0.5), shaped).numpy().reshape(12, 2), reference,
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
     np.testing.assert_allclose(field(tf.constant(0.5), y[0, 0]), reference[0], rtol=1e-5, atol=1e-6)  # rank 1
+
+
+def test_load_model_needs_import_tfode(tmp_path):
+    """The README's rule: ``import tfode`` registers the classes that ``load_model`` looks up.
+
+    Keras imports no module named in a ``.keras`` file except its own, so loading without
+    ``import tfode`` fails (a ``TypeError`` whose config names ``tfode``); after the import it loads.
+    """
+    field, x = _field("mlp_concat")
+    model = keras.Sequential([keras.Input(x.shape[1:]), ODELayer(field, rtol=1e-3, atol=1e-4), keras.layers.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        """
+        import sys
+        import keras
+        import numpy as np
+        try:
+            keras.models.load_model("model.keras")
+        except TypeError as error:
+            assert "tfode" in str(error), str(error)[:500]
+        else:
+            raise SystemExit("loaded without import tfode")
+        import tfode  # registers ODELayer, TimeMLP, ... under the package "tfode"
+        np.save("y.npy", keras.models.load_model("model.keras")(np.load("x.npy")))
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model(x))
