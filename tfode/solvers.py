@@ -312,6 +312,7 @@ def odeint(
     """
     if "raise_on_failure" in adjoint_kwargs:
         raise TypeError("odeint always raises on failure; use tfode.solve(..., raise_on_failure=False).")
+    v.check_keywords("odeint", adjoint_kwargs, solve, exclude=("func", "y0", "t", "raise_on_failure"))
     return solve(
         func, y0, t, method=method, rtol=rtol, atol=atol, options=options, name=name or "odeint", **adjoint_kwargs
     ).ys
