@@ -784,3 +784,131 @@ def test_latent_ode_with_ode_rnn_encoder_and_classifier(tmp_path):
     loose = signatures["predict_with_tolerance"](**request, rtol=tf.constant(0.5), atol=tf.constant(0.5))
     assert int(loose["num_fn_evals"]) < int(served["num_fn_evals"])
     assert not np.allclose(loose["logits"], served["logits"], rtol=0, atol=1e-7)  # the encoder's solves too
+
+
+# ---------------------------------------------------------------------------
+# Malformed requests: rejected in the graph, naming the input and the rule
+# ---------------------------------------------------------------------------
+
+
+def _malformed_requests():
+    """``(id, model, signature, inputs, message regex)``: each breaks one rule of a valid request."""
+    lat = _latent_inputs(3, 6, 4, seed=5)
+    good = {"observed_times": lat["times"], "observed_values": lat["values"], "observed_mask": lat["mask"],
+            "query_times": lat["query_times"]}  # fmt: skip
+
+    def latent(**changes):
+        inputs = {k: v.copy() for k, v in good.items()}
+        for key, edit in changes.items():
+            inputs[key] = edit(inputs[key])
+        return inputs
+
+    def at(index, value):
+        def edit(a):
+            a[index] = value
+            return a
+
+        return edit
+
+    x, vectors = np.zeros((4, 2), np.float32), np.zeros((5, 4), np.float32)
+    tol = {"rtol": np.float32(1e-3), "atol": np.float32(1e-3)}
+    return [
+        ("latent-unsorted", "latent_ode", "serving_default",
+         latent(observed_times=at((0, 2), 10.0)), r"observed_times must be non-decreasing within each series"),
+        ("latent-negative", "latent_ode", "serving_default",
+         latent(observed_times=at((1, 0), -1.0)), r"observed_times must be >= 0"),
+        ("latent-mask-zero", "latent_ode", "serving_default",
+         latent(observed_mask=lambda m: np.zeros_like(m)), r"observed_mask must observe at least one value of every"),
+        ("latent-one-series-unobserved", "latent_ode", "serving_default",
+         latent(observed_mask=at(1, 0.0)), r"observed_mask must observe at least one value of every series"),
+        ("latent-query-batch", "latent_ode", "serving_default",
+         latent(query_times=lambda q: q[:2]), r"query_times must have the batch size of observed_values"),
+        ("latent-features", "latent_ode", "serving_default",
+         latent(observed_values=lambda v: np.zeros((3, 6, 3), np.float32)),
+         r"observed_values must have shape \[batch, time, 2\]"),
+        ("latent-mask-shape", "latent_ode", "serving_default",
+         latent(observed_mask=lambda m: m[:, :5]), r"observed_mask must have the shape of observed_values"),
+        ("latent-times-shape", "latent_ode", "serving_default",
+         latent(observed_times=lambda t: t[:, :5]), r"observed_times must have shape \[batch, time\]"),
+        ("latent-nan-value", "latent_ode", "serving_default",
+         latent(observed_values=at((0, 1, 0), np.nan), observed_mask=at((0, 1, 0), 1.0)),
+         r"observed_values must be finite where observed_mask is nonzero"),
+        ("latent-nan-time", "latent_ode", "serving_default",
+         latent(observed_times=at((2, 3), np.nan)), r"observed_times must be finite"),
+        ("latent-nan-query", "latent_ode", "predict_with_tolerance",
+         {**latent(query_times=at((0, 0), np.nan)), **tol}, r"query_times must be finite"),
+        ("latent-unsorted-query", "latent_ode", "serving_default",
+         latent(query_times=at((0, 0), 10.0)), r"query_times must be non-decreasing"),
+        ("latent-negative-rtol", "latent_ode", "predict_with_tolerance",
+         {**good, **tol, "rtol": np.float32(-1.0)}, r"rtol must be positive and finite"),
+        ("cnf-features", "cnf", "log_prob", {"x": np.zeros((4, 3), np.float32)}, r"x must have shape \[batch, 2\]"),
+        ("cnf-nan", "cnf", "serving_default", {"x": np.array([[0.0, np.nan]], np.float32)}, r"x must be finite"),
+        ("cnf-tolerance-features", "cnf", "predict_with_tolerance", {"x": np.zeros((4, 1), np.float32), **tol},
+         r"x must have shape \[batch, 2\]"),
+        ("cnf-nan-atol", "cnf", "predict_with_tolerance", {"x": x, **tol, "atol": np.float32(np.nan)},
+         r"atol must be positive and finite"),
+        ("cnf-negative-samples", "cnf", "sample", {"num_samples": np.int32(-1), "seed": np.array([1, 2], np.int32)},
+         r"num_samples must be >= 0"),
+        ("odenet-features", "odenet", "serving_default", {"inputs": np.zeros((5, 3), np.float32)},
+         r"inputs must have shape \[batch, 4\]"),
+        ("odenet-nan", "odenet", "predict_with_tolerance", {"inputs": vectors + np.inf, **tol},
+         r"inputs must be finite"),
+        ("odenet-zero-rtol", "odenet", "predict_with_tolerance", {"inputs": vectors, **tol, "rtol": np.float32(0)},
+         r"rtol must be positive and finite"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _malformed_requests(), ids=[c[0] for c in _malformed_requests()])
+def test_malformed_requests_rejected_naming_the_input(case, fresh, loaded):
+    _, name, signature, inputs, message = case
+    fn = loaded(fresh[name].path).signatures[signature]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Invalid request: " + message):
+        fn(**{k: tf.constant(v) for k, v in inputs.items()})
+
+
+def test_checked_requests_still_served(fresh, loaded):
+    """NaN at masked entries, repeated times, an empty batch: valid, and the answer is unchanged."""
+    lat = _latent_inputs(3, 6, 4, seed=5)
+    lat["times"][:, 2] = lat["times"][:, 1]  # a repeated time
+    values = lat["values"].copy()
+    values[lat["mask"] == 0] = np.nan
+    fn = loaded(fresh["latent_ode"].path).signatures["serving_default"]
+    args = {"observed_times": lat["times"], "observed_mask": lat["mask"], "query_times": lat["query_times"]}
+    with_nan = fn(**{k: tf.constant(v) for k, v in {**args, "observed_values": values}.items()})["mean"].numpy()
+    finite = fn(**{k: tf.constant(v) for k, v in {**args, "observed_values": lat["values"]}.items()})["mean"].numpy()
+    np.testing.assert_array_equal(with_nan, finite)
+    reference = fresh["latent_ode"].reference(
+        {
+            "observed_times": lat["times"],
+            "observed_values": lat["values"],
+            "observed_mask": lat["mask"],
+            "query_times": lat["query_times"],
+        }
+    )
+    np.testing.assert_allclose(finite, reference["mean"], atol=ATOL)
+
+
+@pytest.mark.slow
+def test_c_loader_rejects_malformed_requests(c_loader, fresh, tmp_path):
+    """TF Serving's loader (C API session, Grappler on) keeps the checks: a feed shaped unlike the
+    signature's TensorSpec is not rejected by the session, and the size check still names the input."""
+    binary, _ = c_loader
+    lat = _latent_inputs(3, 6, 4, seed=5)
+    good = {"observed_times": lat["times"], "observed_values": lat["values"], "observed_mask": lat["mask"],
+            "query_times": lat["query_times"]}  # fmt: skip
+    requests = [
+        ("latent_ode", {**good, "observed_values": np.zeros((3, 6, 3), np.float32),
+                        "observed_mask": np.ones((3, 6, 3), np.float32)}, r"observed_values must have shape"),
+        ("latent_ode", {**good, "observed_mask": np.zeros_like(lat["mask"])}, r"observed_mask must observe"),
+        ("latent_ode", {**good, "query_times": lat["query_times"][:2]}, r"query_times must have the batch size"),
+        ("cnf", {"x": np.zeros((4, 3), np.float32)}, r"x must have shape \[batch, 2\]"),
+        ("odenet", {"inputs": np.zeros((5, 3), np.float32)}, r"inputs must have shape \[batch, 4\]"),
+    ]  # fmt: skip
+    lines = []
+    for i, (name, inputs, _) in enumerate(requests):
+        lines += _c_job_lines(fresh[name], inputs, tmp_path, f"bad{i}")[0]
+    (tmp_path / "jobs.txt").write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([str(binary), str(tmp_path / "jobs.txt")], capture_output=True, text=True, timeout=600)
+    results = dict(re.findall(r"^RESULT (\d+) (.*)$", proc.stdout, re.MULTILINE))
+    for i, (name, _, message) in enumerate(requests):
+        assert re.search("FAIL .*Invalid request: " + message, results.get(str(i), "missing")), (name, results)

@@ -19,6 +19,12 @@ Signatures:
     Any other Keras model (e.g. with ``ODELayer``s), one input:
         ``serving_default(inputs)`` -> ``{"outputs": ..., "num_fn_evals": []}``;
         ``predict_with_tolerance(inputs, rtol, atol)``.
+
+Every signature validates its request in the graph (``tfode/_serving_checks.py``):
+a malformed one (shapes unlike the signature's, unsorted or negative times, a
+series with an all-zero mask, NaN/Inf in an observed value, a time or an input,
+non-positive tolerances) fails with an ``InvalidArgumentError`` whose message
+starts ``Invalid request:`` and names the input and the rule.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import re
 import keras
 import tensorflow as tf
 
+from tfode import _serving_checks as checks
 from tfode._overrides import recording_fn_evals, solver_tolerances
 from tfode.models._flow_model import ContinuousFlow
 from tfode.models._latent_ode import LatentODE
@@ -73,6 +80,7 @@ def _latent_module(model):
     ]
 
     def predict(times, values, mask, query):
+        times, values, mask, query = checks.check_latent_request(times, values, mask, query, dim)
         mean, nfe, z0 = model._predict_from_posterior_mean(times, values, mask, query)
         outputs = {"mean": mean, "num_fn_evals": nfe}
         if model.classifier is not None:
@@ -87,6 +95,7 @@ def _latent_module(model):
 
     @tf.function(input_signature=tol_specs, jit_compile=False, autograph=False)
     def predict_with_tolerance(observed_times, observed_values, observed_mask, query_times, rtol, atol):
+        rtol, atol = checks.check_tolerances(rtol, atol)
         with solver_tolerances(rtol, atol):
             return predict(observed_times, observed_values, observed_mask, query_times)
 
@@ -99,6 +108,7 @@ def _flow_module(model):
 
     @tf.function(input_signature=[x_spec], jit_compile=False, autograph=False)
     def log_prob(x):
+        x = checks.check_vectors("x", x, model.dim)
         return {"log_prob": model(x, training=False)}
 
     @tf.function(
@@ -111,6 +121,7 @@ def _flow_module(model):
         autograph=False,
     )
     def predict_with_tolerance(x, rtol, atol):
+        x, (rtol, atol) = checks.check_vectors("x", x, model.dim), checks.check_tolerances(rtol, atol)
         with solver_tolerances(rtol, atol):
             return {"log_prob": model(x, training=False)}
 
@@ -120,6 +131,7 @@ def _flow_module(model):
         autograph=False,
     )
     def sample(num_samples, seed):
+        num_samples = checks.check_sample_request(num_samples)
         z = tf.random.stateless_normal(tf.stack([num_samples, model.dim]), seed)
         return {"samples": model.bijector.forward(z)}
 
@@ -138,6 +150,7 @@ def _keras_module(model):
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="inputs")
 
     def predict(inputs):
+        inputs = checks.check_inputs("inputs", inputs, spec.shape.as_list())
         with recording_fn_evals() as fn_evals:
             outputs = model(inputs, training=False)
         nfe = tf.add_n([tf.cast(n, tf.int32) for n in fn_evals]) if fn_evals else tf.constant(0, tf.int32)
@@ -153,6 +166,7 @@ def _keras_module(model):
         autograph=False,
     )
     def predict_with_tolerance(inputs, rtol, atol):
+        rtol, atol = checks.check_tolerances(rtol, atol)
         with solver_tolerances(rtol, atol):
             return predict(inputs)
 
