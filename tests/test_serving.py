@@ -726,7 +726,7 @@ def test_export_next_free_version(dense_model, tmp_path):
     assert serving.next_version(str(base)) == 8
     assert serving.export(dense_model, str(base)) == str(base / "8")
     assert serving.export(dense_model, str(base), version=4) == str(base / "4")
-    assert sorted(os.listdir(base)) == ["1", "2", "4", "7", "8", "8.bak", "tmp"]
+    assert sorted(os.listdir(base)) == ["1", "2", "4", "7", "8", "8.bak", "example_request.json", "tmp"]
 
 
 def test_export_existing_version_raises(dense_model, tmp_path):
@@ -912,3 +912,120 @@ def test_c_loader_rejects_malformed_requests(c_loader, fresh, tmp_path):
     results = dict(re.findall(r"^RESULT (\d+) (.*)$", proc.stdout, re.MULTILINE))
     for i, (name, _, message) in enumerate(requests):
         assert re.search("FAIL .*Invalid request: " + message, results.get(str(i), "missing")), (name, results)
+
+
+# ---------------------------------------------------------------------------
+# TF Serving conventions: warm-up records, padding of series of different lengths
+# ---------------------------------------------------------------------------
+
+
+def _fields(message):
+    """``[(field number, bytes)]`` of a protobuf message holding only length-delimited fields."""
+    out, i = [], 0
+
+    def varint():
+        nonlocal i
+        value = shift = 0
+        while True:
+            byte = message[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while i < len(message):
+        tag = varint()
+        assert tag & 7 == 2, tag  # only length-delimited fields in these records
+        length = varint()
+        out.append((tag >> 3, message[i : i + length]))
+        i += length
+    return out
+
+
+def _warmup_requests(path):
+    """``[(model name, signature, {alias: array})]`` decoded from the warm-up TFRecord (no serving API)."""
+    requests = []
+    for record in tf.data.TFRecordDataset(str(Path(path) / "assets.extra" / "tf_serving_warmup_requests")):
+        ((number, predict_log),) = _fields(record.numpy())
+        assert number == 6  # PredictionLog.predict_log
+        ((number, request),) = _fields(predict_log)
+        assert number == 1  # PredictLog.request
+        spec, inputs = {}, {}
+        for number, payload in _fields(request):
+            if number == 1:  # ModelSpec: name = 1, signature_name = 3
+                spec = {n: v.decode() for n, v in _fields(payload)}
+            else:  # inputs: map entry key = 1, value = 2 (TensorProto)
+                assert number == 2
+                entry = dict(_fields(payload))
+                inputs[entry[1].decode()] = tf.make_ndarray(tf.make_tensor_proto(0).FromString(entry[2]))
+        requests.append((spec[1], spec[3], inputs))
+    return requests
+
+
+def test_warmup_requests_cover_every_signature_and_run(fresh, loaded):
+    for name, export in fresh.items():
+        model = loaded(export.path)
+        requests = _warmup_requests(export.path)
+        assert sorted(r[1] for r in requests) == sorted(model.signatures.keys()), name
+        for model_name, signature, inputs in requests:
+            assert model_name == name  # the export's base directory name
+            outputs = model.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+            assert all(np.all(np.isfinite(v.numpy())) for v in outputs.values()), (name, signature)
+        example = json.loads((export.path.parent / "example_request.json").read_text())
+        assert example["signature_name"] == "serving_default"
+        feeds = {k: tf.constant(np.asarray(v, np.float32)) for k, v in example["inputs"].items()}
+        assert model.signatures["serving_default"](**feeds)
+
+
+def test_warmup_records_parse_with_tensorflow_serving_api(fresh):
+    prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
+    path = fresh["latent_ode"].path
+    ours = _warmup_requests(path)
+    records = tf.data.TFRecordDataset(str(path / "assets.extra" / "tf_serving_warmup_requests"))
+    for record, (model_name, signature, inputs) in zip(records, ours):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == (model_name, signature)
+        assert sorted(request.inputs) == sorted(inputs)
+        for alias, array in inputs.items():
+            np.testing.assert_array_equal(tf.make_ndarray(request.inputs[alias]), array)
+
+
+def test_batching_parameters_file_is_a_batching_text_proto():
+    """BatchingParameters' fields (session_bundle_config.proto; not shipped by tensorflow-serving-api)."""
+    fields = {}
+    for line in (REPO / "savedmodels" / "batching_parameters.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"(\w+) \{ value: (\d+) \}|(\w+): (true|false)", line)
+            assert match, line
+            fields[match[1] or match[3]] = match[2] or match[4]
+    wrapped = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"}
+    assert set(fields) == wrapped | {"pad_variable_length_inputs"}
+    assert fields["pad_variable_length_inputs"] == "true" and int(fields["max_batch_size"]) >= 1
+
+
+def test_padded_latent_request_returns_the_unpadded_answer(fresh, loaded):
+    """The padding rule: repeat the last time with mask 0 (values ignored); pad queries by repeating the last."""
+    fn = loaded(fresh["latent_ode"].path).signatures["serving_default"]
+    short = _latent_inputs(1, 4, 3, seed=3)
+
+    def serve(times, values, mask, query):
+        args = {"observed_times": times, "observed_values": values, "observed_mask": mask, "query_times": query}
+        return fn(**{k: tf.constant(v) for k, v in args.items()})["mean"].numpy()
+
+    unpadded = serve(short["times"], short["values"], short["mask"], short["query_times"])
+    times = np.concatenate([short["times"], np.repeat(short["times"][:, -1:], 2, axis=1)], axis=1)
+    values = np.concatenate([short["values"], np.full((1, 2, 2), np.nan, np.float32)], axis=1)
+    mask = np.concatenate([short["mask"], np.zeros((1, 2, 2), np.float32)], axis=1)
+    query = np.concatenate([short["query_times"], np.repeat(short["query_times"][:, -1:], 2, axis=1)], axis=1)
+    padded = serve(times, values, mask, query)
+    # Masked steps are skipped by the encoder and repeated query times add zero-length segments:
+    # the same arithmetic up to float32 round-off (measured 7e-9).
+    np.testing.assert_allclose(padded[:, :3], unpadded, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(padded[:, 3:], np.repeat(unpadded[:, -1:], 2, axis=1), rtol=0, atol=1e-6)
+    # The rule needs the mask: the same padded steps observed (mask 1) change the answer (measured 0.23).
+    observed = serve(times, np.nan_to_num(values, nan=1.0), np.ones_like(mask), query)
+    assert np.abs(observed[:, :3] - unpadded).max() > 1e-2

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from tfode import _serving_checks as checks
 from tfode._overrides import recording_fn_evals, solver_tolerances
+from tfode._serving_assets import write_assets
 from tfode.models._flow_model import ContinuousFlow
 from tfode.models._latent_ode import LatentODE
 
@@ -182,6 +183,11 @@ def export(model, export_dir, *, version=None):
         export_dir: the model's base path (what ``--model_base_path`` points to).
         version: positive int; default the next free version.
 
+    Besides the SavedModel, writes ``<version>/assets.extra/tf_serving_warmup_requests``
+    (one synthetic ``PredictRequest`` per signature, replayed by TF Serving at load) and
+    ``export_dir/example_request.json`` (a REST ``:predict`` body for ``serving_default``,
+    used by ``examples/serving_client.py``); see ``tfode/_serving_assets.py``.
+
     Returns:
         The path written.
 
@@ -209,4 +215,5 @@ def export(model, export_dir, *, version=None):
     # Serving needs no gradients: skip saving the adjoint's custom-gradient functions.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, path, signatures=signatures, options=options)
+    write_assets(path, os.path.basename(os.path.normpath(export_dir)))
     return path
