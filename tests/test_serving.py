@@ -1056,3 +1056,41 @@ def test_padded_latent_request_returns_the_unpadded_answer(fresh, loaded):
     # The rule needs the mask: the same padded steps observed (mask 1) change the answer (measured 0.23).
     observed = serve(times, np.nan_to_num(values, nan=1.0), np.ones_like(mask), query)
     assert np.abs(observed[:, :3] - unpadded).max() > 1e-2
+
+
+# ---------------------------------------------------------------------------
+# examples/serving_client.py on any export
+# ---------------------------------------------------------------------------
+
+
+def _client(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(REPO / "examples" / "serving_client.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["odenet", "latent_ode", "cnf"])
+def test_serving_client_runs_on_any_export(name, fresh):
+    done = _client("--model-base", fresh[name].path.parent, "--local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"/v1/models/{name}:predict" in done.stdout
+    assert re.search(r"rtol = atol = 1e-06: .*first values", done.stdout), done.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_serving_client_fails_in_one_line_without_a_server(fresh, tmp_path):
+    """No server (or no tensorflow-serving-api), no example: one 'error:' line, exit status 1, no traceback."""
+    no_example = tmp_path / "no_example"
+    shutil.copytree(fresh["cnf"].path, no_example / "1")
+    cases = [
+        ("--model-base", fresh["cnf"].path.parent, "--server", "127.0.0.1:1", "--timeout", "5"),
+        ("--model-base", tmp_path / "nothing"),
+        ("--model-base", no_example),
+    ]
+    for args in cases:
+        done = _client(*args)
+        assert done.returncode == 1, (args, done.stderr[-3000:])
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, done.stderr[-3000:]

@@ -15,6 +15,12 @@ from keras import ops
 __all__ = ["TimeConv2D", "TimeMLP"]
 
 
+def _rank(x):
+    """Rank of a tensor or KerasTensor (``None`` if unknown)."""
+    shape = x.shape
+    return shape.rank if hasattr(shape, "rank") else len(shape)
+
+
 def _time_column(t, like):
     """``t`` broadcast to ``like``'s shape ``[..., C]`` with a last axis of size 1: ``[..., 1]``.
 
@@ -28,7 +34,7 @@ def _time_column(t, like):
     """
     t = ops.cast(t, like.dtype)
     ones = ops.ones_like(like[..., :1])  # works for an unknown rank of `like`
-    t_rank, rank = t.shape.rank, like.shape.rank
+    t_rank, rank = _rank(t), _rank(like)
     if t_rank == 0:
         return ones * t
     if t_rank is None or rank is None or t_rank > rank - 1:
@@ -121,7 +127,7 @@ class TimeMLP(keras.layers.Layer):
                 self._time_kernels.append(self.add_weight(shape=(1, fan_out), initializer=init, name=f"time_{i}"))
 
     def call(self, t, y):
-        if y.shape.rank is None:
+        if _rank(y) is None:
             # Keras' matmul needs a known rank: act on the rows [N, dim] and restore y's shape.
             flat = self.call(t, tf.reshape(y, [-1, self._kernels[-1].shape[-1]]))
             return tf.reshape(flat, tf.shape(y))
