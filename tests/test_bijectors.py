@@ -22,6 +22,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import scipy.linalg  # noqa: E402
@@ -556,3 +557,74 @@ def test_hutchinson_without_seed():
         rtol=0,
         atol=1e-12,
     )
+
+
+# --------------------------------------------------------------------------- #
+# TFP citizenship: variables, batch shapes
+# --------------------------------------------------------------------------- #
+
+
+def test_keras_field_weights_are_bijector_and_distribution_variables():
+    """The standard TFP loop over ``dist.trainable_variables`` trains a Keras vector field."""
+    tfb = tfp.bijectors
+    field = tfode.layers.TimeMLP(hidden=(16,))
+    flow = ContinuousFlowBijector(field, rtol=1e-3, atol=1e-3)
+    dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
+    chained = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), tfb.Chain([tfb.Scale(2.0), flow]))
+    x = tf.constant(np.random.default_rng(0).normal(size=(256, 2)) * 0.5 + [1.5, -1.0], tf.float32)
+    dist.log_prob(x[:1])  # builds the field
+    expected = {id(w.value) for w in field.trainable_weights}
+    assert len(expected) == 4
+    for owner in (flow, dist, tfb.Chain([flow]), chained):
+        assert {id(v) for v in owner.trainable_variables} == expected
+        assert expected <= {id(v) for v in owner.variables}
+    optimizer = keras.optimizers.Adam(0.05)
+    losses = []
+    for _ in range(4):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(dist.log_prob(x))
+        grads = tape.gradient(loss, dist.trainable_variables)
+        assert all(g is not None for g in grads)
+        optimizer.apply_gradients(zip(grads, dist.trainable_variables))
+        losses.append(float(loss))
+    # The data sit ~1.8 standard deviations off the base's mean: a few Adam steps
+    # at lr 0.05 cut the NLL by well over 0.5 nats (measured: 3.30 -> 2.29).
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_any_batch_shape_on_one_bijector(trace):
+    """event_ndims=1: batches of any rank, in any order, on one bijector (eager solves retrace)."""
+    flow = ContinuousFlowBijector(tfode.layers.TimeMLP(hidden=(8,)), trace=trace, rtol=1e-6, atol=1e-6)
+    dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
+    x = tf.constant(np.random.default_rng(1).normal(size=(4, 8, 2)), tf.float32)
+    rows = dist.log_prob(tf.reshape(x, [32, 2]))
+    batched = dist.log_prob(x)
+    single = dist.log_prob(x[0, 0])
+    assert rows.shape == [32] and batched.shape == [4, 8] and single.shape == []
+    assert dist.log_prob(tf.reshape(x, [2, 2, 8, 2])).shape == [2, 2, 8]
+    assert dist.sample([3, 5], seed=1).shape == [3, 5, 2]
+    y, fldj, terms = flow.forward_and_regularization(x)
+    assert y.shape == x.shape and fldj.shape == [4, 8] and terms["kinetic_energy"].shape == [4, 8]
+    if trace == "exact":  # deterministic: the batched answer is the per-row one
+        np.testing.assert_allclose(tf.reshape(batched, [32]), rows, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(single, rows[0], rtol=1e-5, atol=1e-5)
+    else:  # fresh noise per solve: only finite values
+        assert np.isfinite(batched.numpy()).all()
+
+
+def test_bijector_cache_serves_stale_log_prob_while_the_inverse_is_held():
+    """The README's warning and workarounds: TFP's cache keys on the tensor while the output lives."""
+    field = tfode.layers.TimeMLP(hidden=(8,))
+    flow = ContinuousFlowBijector(field, rtol=1e-4, atol=1e-4)
+    dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
+    x = tf.constant(np.random.default_rng(0).normal(size=(16, 2)), tf.float32)
+    z = flow.inverse(x)
+    before = dist.log_prob(x)
+    for weight in field.trainable_weights:  # "training"
+        weight.assign(weight + 0.3)
+    np.testing.assert_array_equal(dist.log_prob(x), before)  # stale: served from the cache
+    fresh = dist.log_prob(tf.identity(x))
+    assert np.abs(fresh - before).max() > 0.1  # measured 2.3
+    del z
+    np.testing.assert_allclose(dist.log_prob(x), fresh, rtol=1e-6)

@@ -465,3 +465,83 @@ def test_return_sequences_needs_times():
     # Was: a dead check; return_sequences=True without times returned [batch, 2, ...].
     with pytest.raises(ValueError, match="return_sequences=True needs times"):
         ODELayer(TimeMLP(hidden=(4,)), return_sequences=True)
+
+
+# --------------------------------------------------------------------------- #
+# Vector fields: one time per sample, any rank of y
+# --------------------------------------------------------------------------- #
+
+
+def _rowwise(field, t, y):
+    """``field`` evaluated with a scalar time per leading index of ``y`` (the reference)."""
+    return np.stack([field(tf.constant(t[i]), y[i : i + 1])[0].numpy() for i in range(len(t))])
+
+
+@pytest.mark.parametrize("name", ["mlp_concat", "mlp_concatsquash", "mlp_rank3", "conv"])
+def test_vector_field_takes_one_time_per_sample(name):
+    field, y = _field(name)
+    t = np.linspace(0.1, 0.9, y.shape[0]).astype("float32")
+    out = field(tf.constant(t), tf.constant(y)).numpy()
+    assert out.shape == y.shape
+    np.testing.assert_allclose(out, _rowwise(field, t, y), rtol=1e-5, atol=1e-6)
+    # Per-sample times change the output: the time column is not silently a constant.
+    assert np.abs(out - field(tf.constant(t[0]), tf.constant(y)).numpy()).max() > 1e-4
+
+
+def test_time_mlp_time_per_batch_element_and_broadcast():
+    field, y = _field("mlp_rank3")  # y [2, 4, 5]
+    t = np.arange(8, dtype="float32").reshape(2, 4) / 8.0
+    out = field(tf.constant(t), tf.constant(y)).numpy()
+    expected = np.stack([[field(tf.constant(t[i, j]), y[i, j : j + 1])[0] for j in range(4)] for i in range(2)])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # [2, 1] broadcasts over the second axis like [2].
+    np.testing.assert_allclose(field(tf.constant(t[:, :1]), tf.constant(y)), field(tf.constant(t[:, 0]), y),
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="t of shape"):
+        field(tf.constant(t[:1, :3]), tf.constant(y))  # [1, 3] against batch [2, 4]
+    with pytest.raises(ValueError, match="t must be a scalar or one time per sample"):
+        field(tf.zeros([2, 4, 5]), tf.constant(y))
+
+
+@pytest.mark.parametrize("time_embedding", ["concat", "concatsquash", "none"])
+def test_time_mlp_any_rank_of_y_including_unknown(time_embedding):
+    field = TimeMLP(hidden=(8,), time_embedding=time_embedding)
+    y = _inputs((3, 4, 2))
+    reference = field(tf.constant(0.5), tf.constant(y.reshape(12, 2))).numpy()
+    unknown_rank = tf.function(field.call, input_signature=[tf.TensorSpec([]), tf.TensorSpec(None)])
+    for shaped in (y.reshape(12, 2), y, y.reshape(2, 3, 2, 2)):
+        np.testing.assert_allclose(unknown_rank(tf.constant(0.5), shaped).numpy().reshape(12, 2), reference,
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(field(tf.constant(0.5), y[0, 0]), reference[0], rtol=1e-5, atol=1e-6)  # rank 1
+
+
+def test_load_model_needs_import_tfode(tmp_path):
+    """The README's rule: ``import tfode`` registers the classes that ``load_model`` looks up.
+
+    Keras imports no module named in a ``.keras`` file except its own, so loading without
+    ``import tfode`` fails (a ``TypeError`` whose config names ``tfode``); after the import it loads.
+    """
+    field, x = _field("mlp_concat")
+    model = keras.Sequential([keras.Input(x.shape[1:]), ODELayer(field, rtol=1e-3, atol=1e-4), keras.layers.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        """
+        import sys
+        import keras
+        import numpy as np
+        try:
+            keras.models.load_model("model.keras")
+        except TypeError as error:
+            assert "tfode" in str(error), str(error)[:500]
+        else:
+            raise SystemExit("loaded without import tfode")
+        import tfode  # registers ODELayer, TimeMLP, ... under the package "tfode"
+        np.save("y.npy", keras.models.load_model("model.keras")(np.load("x.npy")))
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model(x))

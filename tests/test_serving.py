@@ -726,7 +726,7 @@ def test_export_next_free_version(dense_model, tmp_path):
     assert serving.next_version(str(base)) == 8
     assert serving.export(dense_model, str(base)) == str(base / "8")
     assert serving.export(dense_model, str(base), version=4) == str(base / "4")
-    assert sorted(os.listdir(base)) == ["1", "2", "4", "7", "8", "8.bak", "tmp"]
+    assert sorted(os.listdir(base)) == ["1", "2", "4", "7", "8", "8.bak", "example_request.json", "tmp"]
 
 
 def test_export_existing_version_raises(dense_model, tmp_path):
@@ -811,3 +811,286 @@ def test_served_tolerance_matches_in_process_call(name, tolerance, fresh, loaded
             x = other(x) if not isinstance(other, keras.layers.InputLayer) else x
         layer(x, training=False, solver=layer.solver.replace(rtol=rtol, atol=atol))
         assert int(served["num_fn_evals"]) == int(layer.last_solve_stats.num_fn_evals)
+
+
+# ---------------------------------------------------------------------------
+# Malformed requests: rejected in the graph, naming the input and the rule
+# ---------------------------------------------------------------------------
+
+
+def _malformed_requests():
+    """``(id, model, signature, inputs, message regex)``: each breaks one rule of a valid request."""
+    lat = _latent_inputs(3, 6, 4, seed=5)
+    good = {"observed_times": lat["times"], "observed_values": lat["values"], "observed_mask": lat["mask"],
+            "query_times": lat["query_times"]}  # fmt: skip
+
+    def latent(**changes):
+        inputs = {k: v.copy() for k, v in good.items()}
+        for key, edit in changes.items():
+            inputs[key] = edit(inputs[key])
+        return inputs
+
+    def at(index, value):
+        def edit(a):
+            a[index] = value
+            return a
+
+        return edit
+
+    x, vectors = np.zeros((4, 2), np.float32), np.zeros((5, 4), np.float32)
+    tol = {"rtol": np.float32(1e-3), "atol": np.float32(1e-3)}
+    return [
+        ("latent-unsorted", "latent_ode", "serving_default",
+         latent(observed_times=at((0, 2), 10.0)), r"observed_times must be non-decreasing within each series"),
+        ("latent-negative", "latent_ode", "serving_default",
+         latent(observed_times=at((1, 0), -1.0)), r"observed_times must be >= 0"),
+        ("latent-mask-zero", "latent_ode", "serving_default",
+         latent(observed_mask=lambda m: np.zeros_like(m)), r"observed_mask must observe at least one value of every"),
+        ("latent-one-series-unobserved", "latent_ode", "serving_default",
+         latent(observed_mask=at(1, 0.0)), r"observed_mask must observe at least one value of every series"),
+        ("latent-query-batch", "latent_ode", "serving_default",
+         latent(query_times=lambda q: q[:2]), r"query_times must have the batch size of observed_values"),
+        ("latent-features", "latent_ode", "serving_default",
+         latent(observed_values=lambda v: np.zeros((3, 6, 3), np.float32)),
+         r"observed_values must have shape \[batch, time, 2\]"),
+        ("latent-mask-shape", "latent_ode", "serving_default",
+         latent(observed_mask=lambda m: m[:, :5]), r"observed_mask must have the shape of observed_values"),
+        ("latent-times-shape", "latent_ode", "serving_default",
+         latent(observed_times=lambda t: t[:, :5]), r"observed_times must have shape \[batch, time\]"),
+        ("latent-nan-value", "latent_ode", "serving_default",
+         latent(observed_values=at((0, 1, 0), np.nan), observed_mask=at((0, 1, 0), 1.0)),
+         r"observed_values must be finite where observed_mask is nonzero"),
+        ("latent-nan-time", "latent_ode", "serving_default",
+         latent(observed_times=at((2, 3), np.nan)), r"observed_times must be finite"),
+        ("latent-nan-query", "latent_ode", "predict_with_tolerance",
+         {**latent(query_times=at((0, 0), np.nan)), **tol}, r"query_times must be finite"),
+        ("latent-unsorted-query", "latent_ode", "serving_default",
+         latent(query_times=at((0, 0), 10.0)), r"query_times must be non-decreasing"),
+        ("latent-negative-rtol", "latent_ode", "predict_with_tolerance",
+         {**good, **tol, "rtol": np.float32(-1.0)}, r"rtol must be positive and finite"),
+        ("cnf-features", "cnf", "log_prob", {"x": np.zeros((4, 3), np.float32)}, r"x must have shape \[batch, 2\]"),
+        ("cnf-nan", "cnf", "serving_default", {"x": np.array([[0.0, np.nan]], np.float32)}, r"x must be finite"),
+        ("cnf-tolerance-features", "cnf", "predict_with_tolerance", {"x": np.zeros((4, 1), np.float32), **tol},
+         r"x must have shape \[batch, 2\]"),
+        ("cnf-nan-atol", "cnf", "predict_with_tolerance", {"x": x, **tol, "atol": np.float32(np.nan)},
+         r"atol must be positive and finite"),
+        ("cnf-negative-samples", "cnf", "sample", {"num_samples": np.int32(-1), "seed": np.array([1, 2], np.int32)},
+         r"num_samples must be >= 0"),
+        ("odenet-features", "odenet", "serving_default", {"inputs": np.zeros((5, 3), np.float32)},
+         r"inputs must have shape \[batch, 4\]"),
+        ("odenet-nan", "odenet", "predict_with_tolerance", {"inputs": vectors + np.inf, **tol},
+         r"inputs must be finite"),
+        ("odenet-zero-rtol", "odenet", "predict_with_tolerance", {"inputs": vectors, **tol, "rtol": np.float32(0)},
+         r"rtol must be positive and finite"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _malformed_requests(), ids=[c[0] for c in _malformed_requests()])
+def test_malformed_requests_rejected_naming_the_input(case, fresh, loaded):
+    _, name, signature, inputs, message = case
+    fn = loaded(fresh[name].path).signatures[signature]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Invalid request: " + message):
+        fn(**{k: tf.constant(v) for k, v in inputs.items()})
+
+
+def test_checked_requests_still_served(fresh, loaded):
+    """NaN at masked entries, repeated times, an empty batch: valid, and the answer is unchanged."""
+    lat = _latent_inputs(3, 6, 4, seed=5)
+    lat["times"][:, 2] = lat["times"][:, 1]  # a repeated time
+    values = lat["values"].copy()
+    values[lat["mask"] == 0] = np.nan
+    fn = loaded(fresh["latent_ode"].path).signatures["serving_default"]
+    args = {"observed_times": lat["times"], "observed_mask": lat["mask"], "query_times": lat["query_times"]}
+    with_nan = fn(**{k: tf.constant(v) for k, v in {**args, "observed_values": values}.items()})["mean"].numpy()
+    finite = fn(**{k: tf.constant(v) for k, v in {**args, "observed_values": lat["values"]}.items()})["mean"].numpy()
+    np.testing.assert_array_equal(with_nan, finite)
+    reference = fresh["latent_ode"].reference(
+        {
+            "observed_times": lat["times"],
+            "observed_values": lat["values"],
+            "observed_mask": lat["mask"],
+            "query_times": lat["query_times"],
+        }
+    )
+    np.testing.assert_allclose(finite, reference["mean"], atol=ATOL)
+
+
+@pytest.mark.slow
+def test_c_loader_rejects_malformed_requests(c_loader, fresh, tmp_path):
+    """TF Serving's loader (C API session, Grappler on) keeps the checks: a feed shaped unlike the
+    signature's TensorSpec is not rejected by the session, and the size check still names the input."""
+    binary, _ = c_loader
+    lat = _latent_inputs(3, 6, 4, seed=5)
+    good = {"observed_times": lat["times"], "observed_values": lat["values"], "observed_mask": lat["mask"],
+            "query_times": lat["query_times"]}  # fmt: skip
+    requests = [
+        ("latent_ode", {**good, "observed_values": np.zeros((3, 6, 3), np.float32),
+                        "observed_mask": np.ones((3, 6, 3), np.float32)}, r"observed_values must have shape"),
+        ("latent_ode", {**good, "observed_mask": np.zeros_like(lat["mask"])}, r"observed_mask must observe"),
+        ("latent_ode", {**good, "query_times": lat["query_times"][:2]}, r"query_times must have the batch size"),
+        ("cnf", {"x": np.zeros((4, 3), np.float32)}, r"x must have shape \[batch, 2\]"),
+        ("odenet", {"inputs": np.zeros((5, 3), np.float32)}, r"inputs must have shape \[batch, 4\]"),
+    ]  # fmt: skip
+    lines = []
+    for i, (name, inputs, _) in enumerate(requests):
+        lines += _c_job_lines(fresh[name], inputs, tmp_path, f"bad{i}")[0]
+    (tmp_path / "jobs.txt").write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([str(binary), str(tmp_path / "jobs.txt")], capture_output=True, text=True, timeout=600)
+    results = dict(re.findall(r"^RESULT (\d+) (.*)$", proc.stdout, re.MULTILINE))
+    for i, (name, _, message) in enumerate(requests):
+        assert re.search("FAIL .*Invalid request: " + message, results.get(str(i), "missing")), (name, results)
+
+
+# ---------------------------------------------------------------------------
+# TF Serving conventions: warm-up records, padding of series of different lengths
+# ---------------------------------------------------------------------------
+
+
+def _fields(message):
+    """``[(field number, bytes)]`` of a protobuf message holding only length-delimited fields."""
+    out, i = [], 0
+
+    def varint():
+        nonlocal i
+        value = shift = 0
+        while True:
+            byte = message[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while i < len(message):
+        tag = varint()
+        assert tag & 7 == 2, tag  # only length-delimited fields in these records
+        length = varint()
+        out.append((tag >> 3, message[i : i + length]))
+        i += length
+    return out
+
+
+def _warmup_requests(path):
+    """``[(model name, signature, {alias: array})]`` decoded from the warm-up TFRecord (no serving API)."""
+    requests = []
+    for record in tf.data.TFRecordDataset(str(Path(path) / "assets.extra" / "tf_serving_warmup_requests")):
+        ((number, predict_log),) = _fields(record.numpy())
+        assert number == 6  # PredictionLog.predict_log
+        ((number, request),) = _fields(predict_log)
+        assert number == 1  # PredictLog.request
+        spec, inputs = {}, {}
+        for number, payload in _fields(request):
+            if number == 1:  # ModelSpec: name = 1, signature_name = 3
+                spec = {n: v.decode() for n, v in _fields(payload)}
+            else:  # inputs: map entry key = 1, value = 2 (TensorProto)
+                assert number == 2
+                entry = dict(_fields(payload))
+                inputs[entry[1].decode()] = tf.make_ndarray(tf.make_tensor_proto(0).FromString(entry[2]))
+        requests.append((spec[1], spec[3], inputs))
+    return requests
+
+
+def test_warmup_requests_cover_every_signature_and_run(fresh, loaded):
+    for name, export in fresh.items():
+        model = loaded(export.path)
+        requests = _warmup_requests(export.path)
+        assert sorted(r[1] for r in requests) == sorted(model.signatures.keys()), name
+        for model_name, signature, inputs in requests:
+            assert model_name == name  # the export's base directory name
+            outputs = model.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+            assert all(np.all(np.isfinite(v.numpy())) for v in outputs.values()), (name, signature)
+        example = json.loads((export.path.parent / "example_request.json").read_text())
+        assert example["signature_name"] == "serving_default"
+        feeds = {k: tf.constant(np.asarray(v, np.float32)) for k, v in example["inputs"].items()}
+        assert model.signatures["serving_default"](**feeds)
+
+
+def test_warmup_records_parse_with_tensorflow_serving_api(fresh):
+    prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
+    path = fresh["latent_ode"].path
+    ours = _warmup_requests(path)
+    records = tf.data.TFRecordDataset(str(path / "assets.extra" / "tf_serving_warmup_requests"))
+    for record, (model_name, signature, inputs) in zip(records, ours):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == (model_name, signature)
+        assert sorted(request.inputs) == sorted(inputs)
+        for alias, array in inputs.items():
+            np.testing.assert_array_equal(tf.make_ndarray(request.inputs[alias]), array)
+
+
+def test_batching_parameters_file_is_a_batching_text_proto():
+    """BatchingParameters' fields (session_bundle_config.proto; not shipped by tensorflow-serving-api)."""
+    fields = {}
+    for line in (REPO / "savedmodels" / "batching_parameters.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"(\w+) \{ value: (\d+) \}|(\w+): (true|false)", line)
+            assert match, line
+            fields[match[1] or match[3]] = match[2] or match[4]
+    wrapped = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"}
+    assert set(fields) == wrapped | {"pad_variable_length_inputs"}
+    assert fields["pad_variable_length_inputs"] == "true" and int(fields["max_batch_size"]) >= 1
+
+
+def test_padded_latent_request_returns_the_unpadded_answer(fresh, loaded):
+    """The padding rule: repeat the last time with mask 0 (values ignored); pad queries by repeating the last."""
+    fn = loaded(fresh["latent_ode"].path).signatures["serving_default"]
+    short = _latent_inputs(1, 4, 3, seed=3)
+
+    def serve(times, values, mask, query):
+        args = {"observed_times": times, "observed_values": values, "observed_mask": mask, "query_times": query}
+        return fn(**{k: tf.constant(v) for k, v in args.items()})["mean"].numpy()
+
+    unpadded = serve(short["times"], short["values"], short["mask"], short["query_times"])
+    times = np.concatenate([short["times"], np.repeat(short["times"][:, -1:], 2, axis=1)], axis=1)
+    values = np.concatenate([short["values"], np.full((1, 2, 2), np.nan, np.float32)], axis=1)
+    mask = np.concatenate([short["mask"], np.zeros((1, 2, 2), np.float32)], axis=1)
+    query = np.concatenate([short["query_times"], np.repeat(short["query_times"][:, -1:], 2, axis=1)], axis=1)
+    padded = serve(times, values, mask, query)
+    # Masked steps are skipped by the encoder and repeated query times add zero-length segments:
+    # the same arithmetic up to float32 round-off (measured 7e-9).
+    np.testing.assert_allclose(padded[:, :3], unpadded, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(padded[:, 3:], np.repeat(unpadded[:, -1:], 2, axis=1), rtol=0, atol=1e-6)
+    # The rule needs the mask: the same padded steps observed (mask 1) change the answer (measured 0.23).
+    observed = serve(times, np.nan_to_num(values, nan=1.0), np.ones_like(mask), query)
+    assert np.abs(observed[:, :3] - unpadded).max() > 1e-2
+
+
+# ---------------------------------------------------------------------------
+# examples/serving_client.py on any export
+# ---------------------------------------------------------------------------
+
+
+def _client(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(REPO / "examples" / "serving_client.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["odenet", "latent_ode", "cnf"])
+def test_serving_client_runs_on_any_export(name, fresh):
+    done = _client("--model-base", fresh[name].path.parent, "--local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"/v1/models/{name}:predict" in done.stdout
+    assert re.search(r"rtol = atol = 1e-06: .*first values", done.stdout), done.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_serving_client_fails_in_one_line_without_a_server(fresh, tmp_path):
+    """No server (or no tensorflow-serving-api), no example: one 'error:' line, exit status 1, no traceback."""
+    no_example = tmp_path / "no_example"
+    shutil.copytree(fresh["cnf"].path, no_example / "1")
+    cases = [
+        ("--model-base", fresh["cnf"].path.parent, "--server", "127.0.0.1:1", "--timeout", "5"),
+        ("--model-base", tmp_path / "nothing"),
+        ("--model-base", no_example),
+    ]
+    for args in cases:
+        done = _client(*args)
+        assert done.returncode == 1, (args, done.stderr[-3000:])
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, done.stderr[-3000:]

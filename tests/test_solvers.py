@@ -95,7 +95,15 @@ BAD_ARGUMENTS = {
         ValueError,
         r"func\(t, y\) must return a value with y0's structure",
     ),
+    "func returns None": ({"func": lambda t, y: None}, TypeError, r"func\(t, y\) must return dy/dt .*got None"),
+    "func returns a None leaf": (
+        {"func": lambda t, y: (-y[0], None), "y0": (Y0, Y0)},
+        TypeError,
+        r"func\(t, y\) must return dy/dt with y0's structure, got .*None",
+    ),
     # tolerances
+    "atol string": ({"atol": "1e-6"}, TypeError, r"atol must be a number, a float tensor .*got '1e-6'"),
+    "rtol string array": ({"rtol": np.array(["1e-3"])}, TypeError, r"rtol must be a number"),
     "rtol negative": ({"rtol": -1e-6}, ValueError, r"rtol must be positive and finite"),
     "rtol zero": ({"rtol": 0.0}, ValueError, r"rtol must be positive and finite"),
     "rtol NaN": ({"rtol": float("nan")}, ValueError, r"rtol must be positive and finite"),
@@ -153,6 +161,11 @@ def test_odeint_validates_like_solve():
         tfode.odeint(decay, Y0, T01, rtol=-1.0)
 
 
+def test_odeint_names_itself_for_unknown_keywords():
+    with pytest.raises(TypeError, match=r"^odeint\(\) got unexpected keyword arguments \['tol'\]; it accepts .*rtol"):
+        tfode.odeint(decay, Y0, T01, tol=1e-3)
+
+
 # --------------------------------------------------------------------------- accepted argument forms
 
 
@@ -184,6 +197,31 @@ def test_python_numbers_and_lists():
     ys = tfode.odeint(decay, 1, [0, 1], rtol=1e-5, atol=1e-5)
     assert ys.dtype == tf.float32 and ys.shape == (2,)
     np.testing.assert_allclose(ys[-1], np.exp(-1.0), rtol=1e-4)
+
+
+def test_list_of_numbers_is_one_tensor_and_list_of_tensors_a_structure():
+    ys = tfode.odeint(decay, [1.0, 2.0], T01, rtol=1e-6, atol=1e-8)
+    assert tf.is_tensor(ys) and ys.dtype == tf.float32 and ys.shape == (2, 2)
+    np.testing.assert_allclose(ys[-1], np.array([1.0, 2.0]) * np.exp(-1.0), rtol=1e-5)
+    np.testing.assert_allclose(tfode.odeint(decay, [[1.0], [2]], T01)[-1], [[np.exp(-1.0)], [2 * np.exp(-1.0)]],
+                               rtol=1e-5)  # fmt: skip
+    structure = tfode.odeint(lambda t, y: [-y[0], -2.0 * y[1]], [tf.constant(1.0), tf.constant([1.0, 1.0])], T01)
+    assert isinstance(structure, list) and structure[1].shape == (2, 2)
+    np.testing.assert_allclose(structure[1][-1], np.exp(-2.0), rtol=1e-5)
+
+
+def test_float64_state_with_float32_times():
+    """The documented conversion: times take float64 when the state is float64; func sees t in y0's dtype."""
+    seen = []
+
+    def func(t, y):
+        seen.append(t.dtype)
+        return -y
+
+    sol = tfode.solve(func, tf.constant([1.0, 2.0], tf.float64), tf.constant([0.0, 0.5]), rtol=1e-12, atol=1e-12)
+    assert sol.ys.dtype == tf.float64 and sol.ts.dtype == tf.float64 and set(seen) == {tf.float64}
+    # float32 0.5 is exact: float64 accuracy at float64 tolerances.
+    np.testing.assert_allclose(sol.ys[-1], np.array([1.0, 2.0]) * np.exp(-0.5), rtol=1e-10)
 
 
 def test_float32_state_with_float64_times():

@@ -8,6 +8,9 @@ the solve with ``Status.INVALID_INPUT``.
 
 from __future__ import annotations
 
+import inspect
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
@@ -30,8 +33,37 @@ def _is_integer_like(x):
     return tf.as_dtype(dtype).is_integer or tf.as_dtype(dtype).is_bool
 
 
+def _is_number(x):
+    return isinstance(x, (numbers.Real, np.number)) and not isinstance(x, (bool, np.bool_))
+
+
+def numbers_to_tensor(y0):
+    """A (nested) Python list of plain numbers as ONE tensor; anything else unchanged.
+
+    ``[1.0, 2.0]`` is a state vector (as for ``tf.constant``), not a structure of two
+    scalars: it becomes a float32 tensor ``[2]`` (ints too). A list holding any
+    tensor or array stays a structure of leaves, and tuples and dicts always do.
+    """
+    if not isinstance(y0, list) or not y0:
+        return y0
+    flat = tf.nest.flatten(y0)
+    if not all(_is_number(leaf) for leaf in flat) or not all(isinstance(x, list) for x in _sublists(y0)):
+        return y0
+    return tf.constant(np.asarray(y0, dtype=np.float32))
+
+
+def _sublists(x):
+    """Every nested container of a list of numbers (all must be lists for an array-like)."""
+    for item in x:
+        if isinstance(item, (list, tuple, dict)):
+            yield item
+            yield from _sublists(item)
+
+
 def as_state(y0):
     """Convert ``y0`` (tensor or nested structure) to a flat list of leaves.
+
+    A list of plain numbers is one tensor (``numbers_to_tensor``).
 
     Returns:
         ``(leaves, structure)``.
@@ -40,6 +72,7 @@ def as_state(y0):
         TypeError: integer/complex leaves, or leaves of differing dtypes.
         ValueError: an empty structure.
     """
+    y0 = numbers_to_tensor(y0)
     structure = y0
     raw = tf.nest.flatten(y0)
     if not raw:
@@ -159,6 +192,14 @@ def as_sample_times(t, leaves):
     return t, tf.reduce_all(tf.math.is_finite(t), axis=1) & monotone
 
 
+def _is_string_like(x):
+    if isinstance(x, (str, bytes)):
+        return True
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "SUO"
+    return tf.is_tensor(x) and x.dtype == tf.string
+
+
 def as_tolerance(name, value, leaves, structure):
     """Convert ``rtol``/``atol`` into one tensor per leaf (norm dtype).
 
@@ -181,6 +222,8 @@ def as_tolerance(name, value, leaves, structure):
         per_leaf = [value] * len(leaves)
     out, checks = [], []
     for tol, leaf in zip(per_leaf, leaves):
+        if _is_string_like(tol):
+            raise TypeError(f"{name} must be a number, a float tensor or a structure of them, got {tol!r}.")
         if _is_integer_like(tol) and not np.isscalar(tol):
             tol = tf.cast(tol, dtype)
         tol = tf.cast(tf.convert_to_tensor(tol), dtype)
@@ -227,6 +270,22 @@ def all_valid(*flags):
     return combined
 
 
+def check_keywords(caller, kwargs, target, exclude=()):
+    """Raises ``TypeError`` naming ``caller`` for a keyword that ``target`` (which it calls) does not take.
+
+    Args:
+        caller: the public function's name, e.g. ``"odeint"``.
+        kwargs: the keywords ``caller`` passes on to ``target``.
+        target: the function receiving them.
+        exclude: keywords of ``target`` that ``caller`` does not pass on.
+    """
+    accepted = [name for name in inspect.signature(target).parameters
+                if name not in exclude and not name.startswith("_")]  # fmt: skip
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword arguments {unknown}; it accepts {', '.join(accepted)}.")
+
+
 def check_callable(func):
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y) -> dy/dt, got {type(func).__name__}.")
@@ -243,6 +302,9 @@ def wrap_vector_field(func, structure, leaves, args=()):
     def fn(t, flat):
         y = tf.nest.pack_sequence_as(structure, flat)
         dy = func(tf.cast(t, state_dtype), y, *args)
+        if dy is None or any(d is None for d in tf.nest.flatten(dy)):
+            got = "None" if dy is None else f"{dy!r} (with a None)"
+            raise TypeError(f"func(t, y) must return dy/dt with y0's structure, got {got}: a missing return statement?")
         try:
             tf.nest.assert_same_structure(dy, structure)
         except (ValueError, TypeError) as err:

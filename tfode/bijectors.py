@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
+from tfode._module_variables import KerasVariables
 from tfode._tf_compat import in_xla_context
 from tfode.config import DEFAULTS, as_config
 from tfode.solvers import solve, solver_config
@@ -233,6 +234,7 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             raise TypeError(f"seed must be an int or None, got {seed!r}.")
         with tf.name_scope(name) as name:
             self._vector_field = vector_field
+            self._vector_field_variables = KerasVariables(vector_field)  # a Keras field's weights in `variables`
             self._t0, self._t1 = float(t0), float(t1)
             self._trace, self._noise = trace, noise
             base = DEFAULTS["ContinuousFlowBijector"] if solver is None else as_config(solver)

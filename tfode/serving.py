@@ -25,6 +25,13 @@ Signatures:
 The request's tolerances reach every solve as an explicit ``SolverConfig``
 (``solver.replace(rtol=rtol, atol=atol)`` with the request's tensors); each
 response carries its own request's NFE, read from the solves traced for it.
+        ``predict_with_tolerance(inputs, rtol, atol)``.
+
+Every signature validates its request in the graph (``tfode/_serving_checks.py``):
+a malformed one (shapes unlike the signature's, unsorted or negative times, a
+series with an all-zero mask, NaN/Inf in an observed value, a time or an input,
+non-positive tolerances) fails with an ``InvalidArgumentError`` whose message
+starts ``Invalid request:`` and names the input and the rule.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ import re
 import keras
 import tensorflow as tf
 
+from tfode import _serving_checks as checks
 from tfode._keras_utils import walk_layers
+from tfode._serving_assets import write_assets
 from tfode.layers import ODELayer
 from tfode.models._flow_model import ContinuousFlow
 from tfode.models._latent_ode import LatentODE
@@ -82,14 +91,16 @@ def _latent_module(model):
 
     @tf.function(input_signature=specs, jit_compile=False, autograph=False)
     def serving_default(observed_times, observed_values, observed_mask, query_times):
-        return model.serving_outputs(observed_times, observed_values, observed_mask, query_times)
+        request = checks.check_latent_request(observed_times, observed_values, observed_mask, query_times, dim)
+        return model.serving_outputs(*request)
 
     tol_specs = specs + [tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")]
 
     @tf.function(input_signature=tol_specs, jit_compile=False, autograph=False)
     def predict_with_tolerance(observed_times, observed_values, observed_mask, query_times, rtol, atol):
-        solver = model.solver.replace(rtol=rtol, atol=atol)
-        return model.serving_outputs(observed_times, observed_values, observed_mask, query_times, solver=solver)
+        rtol, atol = checks.check_tolerances(rtol, atol)
+        request = checks.check_latent_request(observed_times, observed_values, observed_mask, query_times, dim)
+        return model.serving_outputs(*request, solver=model.solver.replace(rtol=rtol, atol=atol))
 
     return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
 
@@ -100,6 +111,7 @@ def _flow_module(model):
 
     @tf.function(input_signature=[x_spec], jit_compile=False, autograph=False)
     def log_prob(x):
+        x = checks.check_vectors("x", x, model.dim)
         return {"log_prob": model(x, training=False)}
 
     @tf.function(
@@ -112,6 +124,7 @@ def _flow_module(model):
         autograph=False,
     )
     def predict_with_tolerance(x, rtol, atol):
+        x, (rtol, atol) = checks.check_vectors("x", x, model.dim), checks.check_tolerances(rtol, atol)
         return {"log_prob": model(x, training=False, solver=model.solver.replace(rtol=rtol, atol=atol))}
 
     @tf.function(
@@ -120,6 +133,7 @@ def _flow_module(model):
         autograph=False,
     )
     def sample(num_samples, seed):
+        num_samples = checks.check_sample_request(num_samples)
         z = tf.random.stateless_normal(tf.stack([num_samples, model.dim]), seed)
         return {"samples": model.bijector.forward(z)}
 
@@ -211,9 +225,12 @@ def _keras_module(model):
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="inputs")
     outputs = _keras_outputs(model)
 
+    def checked(inputs):
+        return checks.check_inputs("inputs", inputs, spec.shape.as_list())
+
     @tf.function(input_signature=[spec], jit_compile=False, autograph=False)
     def serving_default(inputs):
-        return outputs(inputs)
+        return outputs(checked(inputs))
 
     @tf.function(
         input_signature=[spec, tf.TensorSpec([], tf.float32, name="rtol"), tf.TensorSpec([], tf.float32, name="atol")],
@@ -221,7 +238,8 @@ def _keras_module(model):
         autograph=False,
     )
     def predict_with_tolerance(inputs, rtol, atol):
-        return outputs(inputs, tolerances=(rtol, atol))
+        rtol, atol = checks.check_tolerances(rtol, atol)
+        return outputs(checked(inputs), tolerances=(rtol, atol))
 
     return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
 
@@ -234,6 +252,11 @@ def export(model, export_dir, *, version=None):
             a built single-input Keras model (e.g. containing ``tfode.ODELayer``).
         export_dir: the model's base path (what ``--model_base_path`` points to).
         version: positive int; default the next free version.
+
+    Besides the SavedModel, writes ``<version>/assets.extra/tf_serving_warmup_requests``
+    (one synthetic ``PredictRequest`` per signature, replayed by TF Serving at load) and
+    ``export_dir/example_request.json`` (a REST ``:predict`` body for ``serving_default``,
+    used by ``examples/serving_client.py``); see ``tfode/_serving_assets.py``.
 
     Returns:
         The path written.
@@ -262,4 +285,5 @@ def export(model, export_dir, *, version=None):
     # Serving needs no gradients: skip saving the adjoint's custom-gradient functions.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, path, signatures=signatures, options=options)
+    write_assets(path, os.path.basename(os.path.normpath(export_dir)))
     return path

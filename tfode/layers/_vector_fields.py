@@ -1,22 +1,56 @@
 """Vector-field layers: Keras layers computing ``dy/dt = f(t, y)``.
 
-Every vector field here follows one convention: ``call(t, y)`` with ``t`` a
-scalar tensor and ``y`` ``[batch, ...]``, returning a tensor shaped like ``y``,
+Every vector field here follows one convention: ``call(t, y)`` with ``y``
+``[batch, ...]`` and ``t`` a scalar tensor or one time per sample (aligned with
+``y``'s leading axes, e.g. ``[batch]``), returning a tensor shaped like ``y``,
 and ``build(t_shape, y_shape)``.
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 __all__ = ["TimeConv2D", "TimeMLP"]
 
 
+def _rank(x):
+    """Rank of a tensor or KerasTensor (``None`` if unknown)."""
+    shape = x.shape
+    return shape.rank if hasattr(shape, "rank") else len(shape)
+
+
 def _time_column(t, like):
-    """``t`` broadcast to ``like``'s shape with a last axis of size 1."""
-    shape = ops.shape(like)[:-1] + (1,)
-    return ops.ones(shape, dtype=like.dtype) * ops.cast(t, like.dtype)
+    """``t`` broadcast to ``like``'s shape ``[..., C]`` with a last axis of size 1: ``[..., 1]``.
+
+    ``t`` is a scalar, or one time per sample: a tensor aligned with ``like``'s
+    LEADING axes and broadcastable there, e.g. ``[B]`` for ``like`` ``[B, ..., C]``
+    (one time per row along the first axis), ``[B, N]`` for ``[B, N, C]``.
+
+    Raises:
+        ValueError: ``t`` has an unknown rank, more axes than ``like``'s batch shape,
+            or a shape that does not broadcast against it.
+    """
+    t = ops.cast(t, like.dtype)
+    ones = ops.ones_like(like[..., :1])  # works for an unknown rank of `like`
+    t_rank, rank = _rank(t), _rank(like)
+    if t_rank == 0:
+        return ones * t
+    if t_rank is None or rank is None or t_rank > rank - 1:
+        raise ValueError(
+            f"t must be a scalar or one time per sample, a tensor aligned with the leading axes of y's batch shape "
+            f"(e.g. [batch] for y [batch, ..., dim]); got t of shape {t.shape} for y of shape {like.shape}."
+        )
+    batch = like.shape[:t_rank]
+    if not all(a is None or b is None or a in (1, b) for a, b in zip(t.shape, batch)):
+        raise ValueError(
+            f"t of shape {t.shape} does not broadcast against y's leading batch axes {batch} "
+            f"(y of shape {like.shape}); pass a scalar or one time per sample."
+        )
+    for _ in range(rank - t_rank):
+        t = ops.expand_dims(t, -1)
+    return ones * t
 
 
 def _check_units(name, values):
@@ -44,7 +78,10 @@ class TimeMLP(keras.layers.Layer):
         zero_init_output: start with a zero output layer, so the flow starts as
             the identity (stable and cheap at initialisation).
 
-    Input shapes: ``t`` scalar, ``y`` ``[batch, ..., dim]``. Output: ``y``'s shape.
+    Input shapes: ``y`` ``[batch, ..., dim]`` (any rank >= 1, also unknown), ``t`` a scalar
+    or one time per sample: a tensor aligned with ``y``'s LEADING axes and broadcastable
+    against them, e.g. ``[batch]`` (one time per row along ``y``'s first axis) or
+    ``[batch, ...]`` (``y``'s batch shape). Output: ``y``'s shape.
 
     Example:
         >>> field = tfode.layers.TimeMLP(hidden=(64, 64))
@@ -90,6 +127,10 @@ class TimeMLP(keras.layers.Layer):
                 self._time_kernels.append(self.add_weight(shape=(1, fan_out), initializer=init, name=f"time_{i}"))
 
     def call(self, t, y):
+        if _rank(y) is None:
+            # Keras' matmul needs a known rank: act on the rows [N, dim] and restore y's shape.
+            flat = self.call(t, tf.reshape(y, [-1, self._kernels[-1].shape[-1]]))
+            return tf.reshape(flat, tf.shape(y))
         h = y
         t_col = None if self.time_embedding == "none" else _time_column(t, y)
         num_layers = len(self._kernels)
@@ -137,7 +178,8 @@ class TimeConv2D(keras.layers.Layer):
         groups: if set, GroupNormalization with this many groups before each
             activation (the paper's ODE-Net uses 32 groups); must divide the channels.
 
-    Input shapes: ``t`` scalar, ``y`` ``[batch, height, width, channels]``. Output: ``y``'s shape.
+    Input shapes: ``t`` scalar or ``[batch]`` (one time per image), ``y``
+    ``[batch, height, width, channels]``. Output: ``y``'s shape.
     """
 
     def __init__(self, filters=(64,), kernel_size=3, activation="relu", groups=None, **kwargs):

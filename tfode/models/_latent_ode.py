@@ -13,6 +13,7 @@ from tfode.layers._metrics import replica_counter
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._encoders import ODERNNEncoder, RNNEncoder
 from tfode.models._irregular import solve_at_series_times, unpack_inputs
+from tfode.models._keras_inputs import IrregularSeriesTrainer
 from tfode.solvers import solver_config
 from tfode.stats import batch_fn_evals
 
@@ -83,7 +84,7 @@ def _mlp(hidden, outputs, activation="relu"):
 
 
 @keras.saving.register_keras_serializable(package="tfode")
-class LatentODE(keras.Model):
+class LatentODE(IrregularSeriesTrainer, keras.Model):
     """Latent ODE (Chen et al. 2018; Rubanova et al. 2019) as a Keras model.
 
     ``q(z0 | x)`` is a Gaussian from an encoder (``"rnn"``: a backwards GRU;

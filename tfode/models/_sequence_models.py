@@ -35,6 +35,7 @@ import tensorflow as tf
 from tfode.config import DEFAULTS, as_config
 from tfode.layers._vector_fields import TimeMLP
 from tfode.models._irregular import unpack_inputs
+from tfode.models._keras_inputs import IrregularSeriesTrainer
 from tfode.models._latent_ode import masked_gaussian_log_likelihood
 from tfode.models._recurrence import evolve_over_gaps, run_cell
 from tfode.solvers import solver_config
@@ -187,7 +188,7 @@ def _check_positive_int(name, value):
 # ---------------------------------------------------------------------------
 
 
-class _ForwardSequenceModel(keras.Model):
+class _ForwardSequenceModel(IrregularSeriesTrainer, keras.Model):
     """Shared ``call``/loss/config of the forward sequence models (not public)."""
 
     def __init__(self, obs_dim, *, units, decoder_hidden, obs_std, **kwargs):
