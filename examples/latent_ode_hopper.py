@@ -277,6 +277,28 @@ def run_one(name, task, fraction, data, args):
     }
 
 
+def reference_mse(task, fraction, data, seed):
+    """Test MSE of two model-free predictors on the same test points and masks as ``run_one``.
+
+    ``mean``: the per-feature mean of the training targets at every time. ``hold``: each target
+    time takes the series' observed value nearest in time (interpolation) or its last observed
+    value (extrapolation).
+    """
+    test = data["test"]
+    mask = random_mask(test["obs"].shape, fraction, np.random.RandomState(seed + 1000))[..., 0] > 0
+    target = test["target"].astype(np.float64)
+    mean = data["train"]["target"].reshape(-1, OBS_DIM).mean(axis=0)
+    hold = np.empty_like(target)
+    for i in range(len(target)):
+        observed_times = data["obs_times"][mask[i]]
+        if task == "interp":
+            nearest = np.abs(data["target_times"][:, None] - observed_times[None]).argmin(axis=1)
+        else:
+            nearest = np.full(len(data["target_times"]), len(observed_times) - 1)
+        hold[i] = test["obs"][i][mask[i]][nearest]
+    return {"mean": float(np.mean((mean - target) ** 2)), "hold": float(np.mean((hold - target) ** 2))}
+
+
 # ---------------------------------------------------------------------------
 # Report and plot
 # ---------------------------------------------------------------------------
@@ -286,7 +308,7 @@ def fraction_label(fraction):
     return f"{round(100 * fraction)}%"
 
 
-def report(results, args, num_series, total_seconds):
+def report(results, args, num_series, total_seconds, references=None):
     tasks = [t for t in ("interp", "extrap", "extrap_half") if any(key[1] == t for key in results)]
     fractions = sorted({key[2] for key in results})
     header = ["model", "source"] + [f"{t} {fraction_label(f)}" for t in tasks for f in fractions]
@@ -301,6 +323,13 @@ def report(results, args, num_series, total_seconds):
                 paper.append(f"{PAPER[name][task.split('_')[0]][index]:.3f}" if index is not None else "—")
         lines.append(f"| {MODEL_NAMES[name]} | tfode (this run) | " + " | ".join(ours) + " |")
         lines.append(f"| {MODEL_NAMES[name]} | paper | " + " | ".join(paper) + " |")
+    for kind, label in (("hold", "nearest (interp.) / last (extrap.) observed value"), ("mean", "train mean")):
+        cells = [
+            f"{100 * references[(task, fraction)][kind]:.3f}" if (task, fraction) in (references or {}) else "—"
+            for task in tasks
+            for fraction in fractions
+        ]
+        lines.append(f"| reference: {label} | no model | " + " | ".join(cells) + " |")
     lines += ["", "Training throughput (train series per second: train series / median epoch time over "
               "the epochs after the first, which traces the step), first epoch and total training "
               "time, test-prediction time, latent-solve NFE (latent ODEs: mean over test batches of "
@@ -427,12 +456,12 @@ def main(argv=None):
     begin = time.perf_counter()
     times, values = load_series(args)
     print(f"hopper: {values.shape} series x times x features", flush=True)
-    results = {}
-    tasks = {}
+    results, references, tasks = {}, {}, {}
     for task in args.tasks:
         tasks[task] = make_task(task, times, values, args.seed)
         fractions = args.extrap_fractions if task != "interp" and args.extrap_fractions else args.fractions
         for fraction in fractions:
+            references[(task, fraction)] = reference_mse(task, fraction, tasks[task], args.seed)
             for name in args.models:
                 result = run_one(name, task, fraction, tasks[task], args)
                 results[(name, task, fraction)] = result
@@ -440,10 +469,10 @@ def main(argv=None):
                       f"({result['train_seconds']:.0f} s, {result['series_per_second']:.1f} series/s)",
                       flush=True)  # fmt: skip
                 # Written after every run: a run cut short still leaves its table.
-                partial = report(results, args, len(values), time.perf_counter() - begin)
+                partial = report(results, args, len(values), time.perf_counter() - begin, references)
                 with open(os.path.join(args.out, "latent_ode_hopper.md"), "w") as f:
                     f.write(partial + "\n\n(partial: written after each model)\n")
-    text = report(results, args, len(values), time.perf_counter() - begin)
+    text = report(results, args, len(values), time.perf_counter() - begin, references)
     text += "\n\nCommand: `PYTHONPATH=. python examples/latent_ode_hopper.py " + " ".join(sys.argv[1:] if argv is None
                                                                                     else argv) + "`"  # fmt: skip
     for task, data in tasks.items():
