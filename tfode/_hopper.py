@@ -186,14 +186,15 @@ def hopper(
     10 000 series takes about 2 minutes on one CPU core.
 
     Where regenerated data can differ from the paper's: the authors' file
-    (``training.pt``, 2019) came from a MuJoCo 2.0-era ``mujoco-py``/dm-control;
-    this uses MuJoCo 3.17 and dm-control 1.0.50, whose Hopper model and
-    contact solver are not bit-identical to those releases, so the same
-    initial states give trajectories that agree at first and drift apart,
-    most after ground contacts (chaotic). The initial states are the paper's
-    draws (same seed, same order), and the statistics of the set (ranges per
-    feature, hence the normalisation) are close but not equal; numbers trained
-    on it are comparable to the paper's, not identical.
+    (``training.pt``, 2019; not compared here, it is a download) came from a
+    MuJoCo 2.0-era dm-control; this uses MuJoCo 3.17 and dm-control 1.0.50.
+    MuJoCo's contact solver, default options and the suite's ``hopper.xml``
+    have changed between those releases, so the same initial states can give
+    trajectories that drift apart, mostly after ground contacts (the dynamics
+    are chaotic there), and the per-feature ranges (hence the normalisation)
+    can differ. The initial states are the paper's draws (same seed, same
+    order); numbers trained on this set are comparable to the paper's, not
+    identical. Within one MuJoCo/dm-control version the set is deterministic.
 
     Args:
         num_series: number of series ``N`` (paper: 10 000).
