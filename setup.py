@@ -22,6 +22,9 @@ setup(
         "examples": ["scikit-learn>=1.3,<2", "matplotlib>=3.7,<4"],
         # PredictRequest/gRPC for examples/serving_client.py --server, and the warm-up records' parse test.
         "serving": ["tensorflow-serving-api>=2.18,<2.23", "grpcio>=1.24,<2"],
+        # tfode.datasets.hopper regenerates Rubanova et al.'s MuJoCo Hopper set; dm-control 1.0.50 fails
+        # to import with mujoco 4.0.0, so both are pinned to a pair measured to work.
+        "data": ["dm-control==1.0.50", "mujoco==3.17.0"],
         # Peers for benchmarks; torch==2.13.0 is the CPU build available offline here.
         "bench": ["scipy>=1.11,<2", "torch==2.13.0", "torchdiffeq>=0.2.4", "jax>=0.4.30", "diffrax>=0.6"],
     },

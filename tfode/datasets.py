@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TOY_2D", "periodic_1d", "spirals_2d", "subsample", "toy_2d"]
+from tfode._hopper import hopper
+
+__all__ = ["TOY_2D", "hopper", "periodic_1d", "spirals_2d", "subsample", "toy_2d"]
 
 
 def _eight_gaussians(rng, n):
