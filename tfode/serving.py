@@ -105,14 +105,14 @@ def _latent_module(model):
     return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
 
 
-def _flow_module(model):
+def _flow_module(model, per_sample):
     module = _variables_module(model)
     x_spec = tf.TensorSpec([None, model.dim], tf.float32, name="x")
 
     @tf.function(input_signature=[x_spec], jit_compile=False, autograph=False)
     def log_prob(x):
         x = checks.check_vectors("x", x, model.dim)
-        return {"log_prob": model(x, training=False)}
+        return {"log_prob": model(x, training=False, solver=_served(model.solver, per_sample))}
 
     @tf.function(
         input_signature=[
@@ -125,7 +125,7 @@ def _flow_module(model):
     )
     def predict_with_tolerance(x, rtol, atol):
         x, (rtol, atol) = checks.check_vectors("x", x, model.dim), checks.check_tolerances(rtol, atol)
-        return {"log_prob": model(x, training=False, solver=model.solver.replace(rtol=rtol, atol=atol))}
+        return {"log_prob": model(x, training=False, solver=_served(model.solver, per_sample, rtol, atol))}
 
     @tf.function(
         input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")],
@@ -135,7 +135,7 @@ def _flow_module(model):
     def sample(num_samples, seed):
         num_samples = checks.check_sample_request(num_samples)
         z = tf.random.stateless_normal(tf.stack([num_samples, model.dim]), seed)
-        return {"samples": model.bijector.forward(z)}
+        return {"samples": model.bijector.forward_and_log_det(z, solver=_served(model.solver, per_sample))[0]}
 
     return module, {
         "serving_default": log_prob,
@@ -145,17 +145,24 @@ def _flow_module(model):
     }
 
 
-def _call_layer(layer, x, tolerances, fn_evals):
+def _served(config, per_sample, rtol=None, atol=None):
+    """A model's ``SolverConfig`` as a signature solves with it: no adjoint, per sample if asked,
+    the request's tolerances if given."""
+    config = config.replace(adjoint=False, batch_axis=0 if per_sample else None)
+    return config if rtol is None else config.replace(rtol=rtol, atol=atol)
+
+
+def _call_layer(layer, x, tolerances, fn_evals, per_sample):
     """Call one layer for serving: an ``ODELayer`` with the request's tolerances, recording its NFE."""
     if not isinstance(layer, ODELayer):
         return layer(x, training=False)
-    config = None if tolerances is None else layer.solver.replace(rtol=tolerances[0], atol=tolerances[1])
+    config = _served(layer.solver, per_sample, *(tolerances or ()))
     out = layer(x, training=False, solver=config)
     fn_evals.append(tf.cast(batch_fn_evals(layer.last_solve_stats), tf.int32))
     return out
 
 
-def _replay(model, inputs, tolerances=None):
+def _replay(model, inputs, tolerances=None, per_sample=True):
     """Run a single-input Keras model layer by layer, handing each ``ODELayer`` the request's tolerances.
 
     A ``keras.Sequential`` runs its ``layers`` in order; a functional model replays its graph
@@ -167,14 +174,14 @@ def _replay(model, inputs, tolerances=None):
     if isinstance(model, keras.Sequential):
         x = inputs
         for layer in model.layers:
-            x = _call_layer(layer, x, tolerances, fn_evals)
+            x = _call_layer(layer, x, tolerances, fn_evals, per_sample)
     else:
         values = {id(model.inputs[0]): inputs}
         for layer in model.operations:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             args = tf.nest.map_structure(lambda k: values[id(k)], layer.input)
-            out = _call_layer(layer, args, tolerances, fn_evals)
+            out = _call_layer(layer, args, tolerances, fn_evals, per_sample)
             for symbolic, value in zip(tf.nest.flatten(layer.output), tf.nest.flatten(out)):
                 values[id(symbolic)] = value
         x = tf.nest.map_structure(lambda k: values[id(k)], model.outputs)
@@ -198,13 +205,13 @@ def _replayable(model):
     return True
 
 
-def _keras_outputs(model):
+def _keras_outputs(model, per_sample):
     """``outputs(inputs, tolerances=None) -> dict`` for a single-input Keras model: its ``serving_outputs``
     hook, or a layer-by-layer replay that hands every ``ODELayer`` the request's tolerances."""
     if hasattr(model, "serving_outputs"):
         return lambda inputs, tolerances=None: model.serving_outputs(inputs, tolerances=tolerances)
     if _replayable(model):
-        return lambda inputs, tolerances=None: _replay(model, inputs, tolerances)
+        return lambda inputs, tolerances=None: _replay(model, inputs, tolerances, per_sample)
     if any(isinstance(layer, ODELayer) for layer in walk_layers(model)):
         raise TypeError(
             f"export passes per-request tolerances to the ODELayers of a keras.Sequential or functional model "
@@ -218,12 +225,12 @@ def _keras_outputs(model):
     return plain
 
 
-def _keras_module(model):
+def _keras_module(model, per_sample):
     if len(model.inputs) != 1:
         raise ValueError(f"export supports Keras models with one input, got {len(model.inputs)}.")
     module = _variables_module(model)
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="inputs")
-    outputs = _keras_outputs(model)
+    outputs = _keras_outputs(model, per_sample)
 
     def checked(inputs):
         return checks.check_inputs("inputs", inputs, spec.shape.as_list())
@@ -244,7 +251,7 @@ def _keras_module(model):
     return module, {"serving_default": serving_default, "predict_with_tolerance": predict_with_tolerance}
 
 
-def export(model, export_dir, *, version=None):
+def export(model, export_dir, *, version=None, per_sample=True):
     """Write ``model`` as a TF Serving SavedModel ``export_dir/<version>/``.
 
     Args:
@@ -252,6 +259,11 @@ def export(model, export_dir, *, version=None):
             a built single-input Keras model (e.g. containing ``tfode.ODELayer``).
         export_dir: the model's base path (what ``--model_base_path`` points to).
         version: positive int; default the next free version.
+        per_sample: solve every sample of a request on its own (``batch_axis=0``), so a
+            response does not depend on the other inputs batched with it (TF Serving's
+            request batching); the vector fields must then take ``t`` of shape ``[B]``, as
+            tfode's ``TimeMLP``/``TimeConv2D`` do. ``False`` solves each request jointly.
+            Latent ODEs are always per sample (per-series times; ODE-RNN gaps).
 
     Besides the SavedModel, writes ``<version>/assets.extra/tf_serving_warmup_requests``
     (one synthetic ``PredictRequest`` per signature, replayed by TF Serving at load) and
@@ -279,9 +291,9 @@ def export(model, export_dir, *, version=None):
     if isinstance(model, LatentODE):
         module, signatures = _latent_module(model)
     elif isinstance(model, ContinuousFlow):
-        module, signatures = _flow_module(model)
+        module, signatures = _flow_module(model, per_sample)
     else:
-        module, signatures = _keras_module(model)
+        module, signatures = _keras_module(model, per_sample)
     # Serving needs no gradients: skip saving the adjoint's custom-gradient functions.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, path, signatures=signatures, options=options)
