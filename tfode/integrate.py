@@ -22,7 +22,7 @@ from tfode._tf_compat import in_xla_context
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
 from tfode.runge_kutta import runge_kutta_step
-from tfode.solution import SolverStats, Status
+from tfode.solution import Status, stats_from_loop
 
 __all__ = ["integrate"]
 
@@ -218,13 +218,5 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, max_num_steps, *, inpu
             maximum_iterations=max_num_steps,
         )
         ys = _collect_outputs(p, y0, final)
-        stats = SolverStats(
-            num_fn_evals=final.num_fn_evals,
-            num_steps=final.num_steps,
-            num_accepted=final.num_accepted,
-            num_rejected=final.num_rejected,
-            status=final.status,
-            t_reached=final.t,
-            step_size=final.step,
-        )
+        stats = stats_from_loop(final)
         return ys, stats

@@ -34,7 +34,7 @@ import tensorflow as tf
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
 from tfode.runge_kutta import along_batch, runge_kutta_step
-from tfode.solution import SolverStats, Status
+from tfode.solution import Status, stats_from_loop
 
 __all__ = ["integrate_per_sample"]
 
@@ -226,13 +226,5 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
             # Each sample's budget is enforced by its own count; redone iterations (see above) are extra.
             maximum_iterations=2 * max_num_steps + 1,
         )
-        stats = SolverStats(
-            num_fn_evals=final.num_fn_evals,
-            num_steps=final.num_steps,
-            num_accepted=final.num_accepted,
-            num_rejected=final.num_rejected,
-            status=final.status,
-            t_reached=final.t,
-            step_size=final.step,
-        )
+        stats = stats_from_loop(final)
         return list(final.buffers), stats

@@ -119,6 +119,20 @@ class SolverStats(NamedTuple):
     step_size: Any
 
 
+def stats_from_loop(final):
+    """The ``SolverStats`` of a finished integration loop state (the fields of the same names, ``step`` as
+    ``step_size`` and ``t`` as ``t_reached``)."""
+    return SolverStats(
+        num_fn_evals=final.num_fn_evals,
+        num_steps=final.num_steps,
+        num_accepted=final.num_accepted,
+        num_rejected=final.num_rejected,
+        status=final.status,
+        t_reached=final.t,
+        step_size=final.step,
+    )
+
+
 class Solution(NamedTuple):
     """Result of ``tfode.solve``.
 
