@@ -80,68 +80,25 @@ def test_w6_problem():
     assert t.shape == (50,) and t[0] == 0.0 and t[-1] == 10.0
 
 
-def _fake_per_sample_tfode(tf, tfode, field_name):
-    """A stand-in tfode whose ``solve(..., config=SolverConfig(..., batch_axis=0))`` solves each sample alone."""
-    import types
-
-    class SolverConfig:
-        def __init__(self, method, rtol, atol, batch_axis=None):
-            if batch_axis != 0:
-                raise TypeError("batch_axis")
-            self.method, self.rtol, self.atol = method, rtol, atol
-
-    def solve(func, y0, t, config, args=(), options=None):
-        sols = [
-            tfode.solve(
-                func,
-                y0[i : i + 1],
-                t,
-                method=config.method,
-                rtol=config.rtol,
-                atol=config.atol,
-                args=tuple(x[i : i + 1] for x in args),
-            )
-            for i in range(y0.shape[0])
-        ]
-        steps = tf.stack([s.stats.num_steps for s in sols])
-        counts = {"num_steps": tf.reduce_max(steps), field_name: steps}  # per-sample steps in field_name
-        stats = types.SimpleNamespace(
-            num_fn_evals=tf.reduce_max([s.stats.num_fn_evals for s in sols]),
-            status=tf.reduce_max([s.stats.status for s in sols]),
-            **counts,
-        )
-        return types.SimpleNamespace(ys=tf.concat([s.ys for s in sols], axis=1), stats=stats)
-
-    return types.SimpleNamespace(SolverConfig=SolverConfig, solve=solve)
+def test_w6_batched_nfe():
+    # Two initial evaluations and six per step; the loop runs the slowest sample's steps.
+    assert w6_vdp_batch.batched_nfe([80, 518], [13, 86]) == 86 * 6 + 2
+    assert w6_vdp_batch.batched_nfe([8], [1]) == 8
 
 
-@pytest.mark.parametrize("field_name", ["num_steps_per_sample", "num_steps"])
-def test_w6_detects_a_per_sample_mode(field_name):
+def test_w6_per_sample_api():
+    # The call the W6 worker makes: SolverConfig(batch_axis=0) as solve's 4th argument.
     tf = pytest.importorskip("tensorflow")
     import tfode
 
-    fake = _fake_per_sample_tfode(tf, tfode, field_name)
-    name, solve = w6_vdp_batch._tfode_per_sample(tf, fake)
-    assert solve is not None, name
-    assert "SolverConfig(..., batch_axis=...)" in name
-    steps, loop = w6_vdp_batch.per_sample_steps(solve(*_vdp_probe(tf)).stats, 2)
-    assert int(steps[0]) < int(steps[1]) == int(np.max(loop))
-
-
-def _vdp_probe(tf):
     def field(t, y, mu):
+        assert t.shape == (2,)  # one time per sample
         return tf.stack([y[:, 1], mu * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], axis=1)
 
+    config = tfode.SolverConfig(method="dopri5", rtol=1e-4, atol=1e-4, max_num_steps=w6_vdp_batch.MAX_STEPS,
+                                batch_axis=0)  # fmt: skip
     y0 = tf.constant([[2.0, 0.0], [2.0, 0.0]])
-    return field, y0, tf.constant([0.0, 5.0]), 1e-4, 1e-4, (tf.constant([0.5, 20.0]),)
-
-
-def test_w6_joint_only_tfode_is_reported_not_available():
-    tf = pytest.importorskip("tensorflow")
-    import types
-
-    import tfode
-
-    joint_only = types.SimpleNamespace(solve=tfode.solve)  # no SolverConfig, no per-sample keyword
-    name, solve = w6_vdp_batch._tfode_per_sample(tf, joint_only)
-    assert solve is None and name.startswith("not available")
+    sol = tfode.solve(field, y0, tf.constant([0.0, 2.5, 5.0]), config, args=(tf.constant([0.5, 20.0]),))
+    steps, nfe = sol.stats.num_steps.numpy(), sol.stats.num_fn_evals.numpy()
+    assert sol.ys.shape == (3, 2, 2) and steps.shape == (2,) and steps[0] < steps[1]
+    assert w6_vdp_batch.batched_nfe(nfe, steps) == 6 * steps.max() + (nfe[0] - 6 * steps[0])

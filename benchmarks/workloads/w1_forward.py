@@ -11,6 +11,12 @@ every thread pool set to one thread):
     tfode-xla     tfode.solve inside tf.function(jit_compile=True); rtol/atol
                   are tf.constant arguments (one trace for every tolerance).
     tfode-graph   the same without XLA (plain tf.function).
+    tfode-xla per-sample, tfode-graph per-sample (only with --per-sample)
+                  the same with tfode.SolverConfig(method="dopri5", rtol, atol,
+                  batch_axis=0) as solve's 4th argument: each of the 256 rows
+                  its own problem (own steps and error norm). NFE = evaluations
+                  of f on the batch (6 x loop iterations + the initial ones);
+                  steps = loop iterations (the slowest row's attempted steps).
     tfp-xla       tfp.math.ode.DormandPrince(rtol=tol, atol=tol) (TFP defaults
                   otherwise, e.g. first_step_size=1e-3), solve(ode_fn, 0., y0,
                   solution_times=[1.]) under tf.function(jit_compile=True), in
@@ -64,7 +70,7 @@ Targets (for tfode-xla):
 Usage:
     python -m benchmarks.run W1 [--sizes d2,d32] [--tols 1e-3,1e-5,1e-7]
         [--repeats 20] [--frameworks tfode,tfp,torchdiffeq,diffrax] [--quick]
-        [--json out.json] [--no-pin]
+        [--per-sample] [--json out.json] [--no-pin]
 
 TF workers run with --tf-python, torch/JAX workers with --peer-python. A
 framework that cannot be imported is reported as "not installed".
@@ -88,11 +94,14 @@ IMPLS_OF = {
     "torchdiffeq": ["torchdiffeq"],
     "diffrax": ["diffrax"],
 }
-IMPL_ORDER = ["tfode-xla", "tfode-graph", "tfp-xla", "torchdiffeq", "diffrax"]
+IMPL_ORDER = ["tfode-xla", "tfode-graph", "tfode-xla per-sample", "tfode-graph per-sample", "tfp-xla", "torchdiffeq",
+              "diffrax"]  # fmt: skip
 # The f-loop whose per-evaluation time each implementation's overhead uses.
 F_KEY = {
     "tfode-xla": "tf-xla",
     "tfode-graph": "tf-xla",
+    "tfode-xla per-sample": "tf-xla",
+    "tfode-graph per-sample": "tf-xla",
     "tfp-xla": "tf-xla",
     "torchdiffeq": "torch-eager",
     "diffrax": "jax-jit",
@@ -209,6 +218,23 @@ def worker_tf(args, frameworks):
                 "tfode-xla": tf.function(tfode_solve, jit_compile=True),
                 "tfode-graph": tf.function(tfode_solve),
             }
+            if getattr(args, "per_sample", False):
+
+                def tfode_per_sample(y0, rtol, atol, W1T, b1, W2T, b2):
+                    # Every row of y0 its own problem: own steps, error norm and status; f gets t [B].
+                    config = tfode.SolverConfig(method="dopri5", rtol=rtol, atol=atol, batch_axis=0)
+                    sol = tfode.solve(lambda t, y: field(y, W1T, b1, W2T, b2), y0, t_span, config,
+                                      raise_on_failure=False)  # fmt: skip
+                    s = sol.stats
+                    loop = tf.reduce_max(s.num_steps)  # loop iterations: the slowest sample's steps
+                    initial = s.num_fn_evals[0] - 6 * s.num_steps[0]
+                    # nfe: evaluations of f on the batch; steps: the loop iterations.
+                    return (sol.ys[-1], 6 * loop + initial, loop, tf.reduce_max(s.num_rejected),
+                            tf.reduce_max(s.status), tf.reduce_mean(tf.cast(s.num_steps, tf.float64)),
+                            tf.reduce_min(s.num_steps))  # fmt: skip
+
+                tfode_fns["tfode-xla per-sample"] = tf.function(tfode_per_sample, jit_compile=True)
+                tfode_fns["tfode-graph per-sample"] = tf.function(tfode_per_sample)
 
         for tol in args.tols:
             calls, info = {}, {}
@@ -217,8 +243,11 @@ def worker_tf(args, frameworks):
             for name, fn in tfode_fns.items():
 
                 def call(fn=fn, y0=y0, r=r, a=a, params=params):
-                    y1, nfe, steps, rej, status = fn(y0, r, a, *params)
-                    return y1.numpy(), {"nfe": nfe, "steps": steps, "rejected": rej, "status": status}
+                    y1, nfe, steps, rej, status, *per_sample = fn(y0, r, a, *params)
+                    stats = {"nfe": nfe, "steps": steps, "rejected": rej, "status": status}
+                    if per_sample:  # the samples' mean and min attempted steps
+                        stats.update(steps_mean=per_sample[0], steps_min=per_sample[1])
+                    return y1.numpy(), stats
 
                 calls[name] = call
             if tfp is not None:
@@ -237,7 +266,7 @@ def worker_tf(args, frameworks):
                 calls["tfp-xla"] = call_tfp
             for name, call in calls.items():
                 (y1, stats), first = C.first_call_ms(call)
-                info[name] = (y1, {k: int(v) for k, v in stats.items()}, first)
+                info[name] = (y1, {k: float(v) if k == "steps_mean" else int(v) for k, v in stats.items()}, first)
             timings = _round_robin(calls, args.repeats)
             for name in calls:
                 y1, stats, first = info[name]
@@ -442,6 +471,8 @@ def add_args(p):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--frameworks", default="tfode,tfp,torchdiffeq,diffrax")
     p.add_argument("--quick", action="store_true", help="5 timed runs instead of --repeats")
+    p.add_argument("--per-sample", action="store_true",
+                   help="add tfode per-sample rows (SolverConfig(batch_axis=0)) next to the joint ones")  # fmt: skip
 
 
 def report(args, ctx):
@@ -552,6 +583,20 @@ def report(args, ctx):
                 q = r["cpu_median_ms"] / dx["cpu_median_ms"]
                 items.append(f"vs diffrax {q:.2f} {'met' if q <= 1 else 'MISSED'} (stretch)")
             verdict.append(f"- {size} {tol:g}: " + "; ".join(items))
+    per_sample = []
+    for (size, tol, impl), r in sorted(rows.items()):
+        joint = rows.get((size, tol, impl.replace(" per-sample", "")))
+        if impl.endswith(" per-sample") and joint:
+            q = r["cpu_median_ms"] / joint["cpu_median_ms"]
+            per_sample.append(f"- {size} {tol:g} {impl}: CPU {C.fmt_ms(r['cpu_median_ms'])} ms / joint "
+                              f"{C.fmt_ms(joint['cpu_median_ms'])} ms = {q:.2f} (target <= 1.3: "
+                              f"{'met' if q <= 1.3 else 'MISSED'}); loop iterations {r['steps']} vs {joint['steps']} "
+                              f"(per-sample steps min {r.get('steps_min')}, mean {r.get('steps_mean', 0):.1f}), "
+                              f"max abs err {r['max_err']:.2e} vs {joint['max_err']:.2e}")  # fmt: skip
+    if per_sample:
+        print("Per-sample against joint mode (same process, CPU medians):")
+        print("\n".join(per_sample))
+        print()
     if verdict:
         print("Target check (tfode-xla):")
         print("\n".join(verdict))

@@ -697,7 +697,7 @@ def report(args, ctx):
     extra = []
     for (size, impl), r in rows.items():
         if "bwd_nfe_counted" in r and impl.startswith("tfode"):
-            extra.append(f"{size} {impl}: BackwardStats {r['bwd_nfe']}, counted calls of f {r['bwd_nfe_counted']}")
+            extra.append(f"{size} {impl}: SolveStats {r['bwd_nfe']}, counted calls of f {r['bwd_nfe_counted']}")
     if extra:
         print("- backward NFE cross-check: " + "; ".join(extra))
     first = ", ".join(

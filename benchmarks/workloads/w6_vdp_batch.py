@@ -8,12 +8,11 @@ DOP853 at rtol = atol = 1e-12 in float64 (the whole batch as one system).
 
 Modes:
     joint       one step size for the whole batch (error norm over every sample):
-                tfode today, torchdiffeq, diffrax on a ``[B, 2]`` state.
-    per-sample  one step size per sample in one batched loop: torchode (its only
-                mode), ``jax.vmap`` of diffrax's solve, and tfode's per-sample
-                mode when the installed tfode has one (detected by trying
-                ``tfode.SolverConfig(..., batch_axis=0)``, ``solve(..., batch_axis=0)``
-                and ``solve(..., per_sample=True)``; otherwise a "not available" row).
+                tfode's default, torchdiffeq, diffrax on a ``[B, 2]`` state.
+    per-sample  one step size per sample in one batched loop: tfode
+                ``solve(f, y0, t, tfode.SolverConfig(..., batch_axis=0))`` (f gets
+                ``t`` of shape ``[B]``; ``num_steps``, ``num_fn_evals``, ``status``
+                are ``[B]``), torchode (its only mode), ``jax.vmap`` of diffrax's solve.
     alone       each sample solved by itself (B = 1, 256 solves in a row): tfode's
                 per-sample reference; its time is the sum of the 256 solves.
 
@@ -21,10 +20,15 @@ Columns: wall / CPU median ms per batch solve (alone: per 256 solves, one pass);
 loop iterations (batched loop trips: joint = attempted steps, per-sample = the
 slowest sample's); steps per sample (attempted; max and mean); NFE (batched
 evaluations of f, as the implementation calls f; alone: summed over the 256
-solves); worst err / tol = max over samples of (max abs error over the 50 times
+solves; tfode per-sample: loop iterations x 6 + the initial evaluations, see
+``batched_nfe``, with the per-sample sum of ``num_fn_evals`` in the checks below
+the table); worst err / tol = max over samples of (max abs error over the 50 times
 and both components) / tol; "hard: batch / alone" = for the sample that needs
 the most steps alone (tfode B = 1 solves; largest mu otherwise), its error in
 the batch solve over its error when the same implementation solves it alone.
+Checks below the table: tfode per-sample against the B = 1 solves (steps per
+sample equal, max abs difference of the outputs) and its CPU time over the
+joint, diffrax-vmap and torchode rows of the same dtype and tolerance.
 
 NFE: tfode from its stats; torchdiffeq by a counter in the module (steps derived
 as (NFE - 2) / 6: two evaluations for the initial step, six per dopri5 step);
@@ -41,11 +45,13 @@ import numpy as np
 from benchmarks import _common as C
 
 WORKER_OF = {"tfode": "tf", "torchode": "torch", "torchdiffeq": "torch", "diffrax": "jax"}
-ORDER = ("tfode-xla", "tfode-xla per-sample", "tfode-xla alone", "torchdiffeq", "torchode", "torchode-compile",
-         "diffrax", "diffrax-vmap")  # fmt: skip
-MODE = {"tfode-xla": "joint", "tfode-xla per-sample": "per-sample", "tfode-xla alone": "alone (B=1)",
-        "torchdiffeq": "joint", "torchode": "per-sample", "torchode-compile": "per-sample", "diffrax": "joint",
+ORDER = ("tfode-xla", "tfode-graph", "tfode-xla per-sample", "tfode-graph per-sample", "tfode-xla alone",
+         "torchdiffeq", "torchode", "torchode-compile", "diffrax", "diffrax-vmap")  # fmt: skip
+MODE = {"tfode-xla": "joint", "tfode-graph": "joint", "tfode-xla per-sample": "per-sample",
+        "tfode-graph per-sample": "per-sample", "tfode-xla alone": "alone (B=1)", "torchdiffeq": "joint",
+        "torchode": "per-sample", "torchode-compile": "per-sample", "diffrax": "joint",
         "diffrax-vmap": "per-sample"}  # fmt: skip
+PER_SAMPLE_TFODE = ("tfode-xla per-sample", "tfode-graph per-sample")
 MAX_STEPS = 100_000
 
 
@@ -97,71 +103,17 @@ def _timed(calls, repeats):
 # --------------------------------------------------------------------------- #
 
 
-# Where a per-sample solve may report each sample's attempted steps (first match with shape [B]).
-PER_SAMPLE_STEP_FIELDS = ("num_steps_per_sample", "sample_num_steps", "num_steps")
+def batched_nfe(nfe, steps, stages=6):
+    """Evaluations of f on the batch in a per-sample solve, from its ``[B]`` counters.
 
-
-def per_sample_steps(stats, batch):
-    """``(steps [batch], loop iterations)`` from a per-sample solve's stats, or ``None``.
-
-    The loop iterations are ``stats.num_loop_iterations`` when present, else a
-    scalar ``num_steps`` next to a per-sample field, else the largest per-sample count.
+    Every loop iteration evaluates f once per stage on the whole batch, and the
+    loop runs as many iterations as the slowest sample's attempted steps, so the
+    batched count is ``max(steps) * stages`` plus the initial evaluations
+    (``nfe - stages * steps``, the same for every sample).
     """
-    for field in PER_SAMPLE_STEP_FIELDS:
-        value = getattr(stats, field, None)
-        if value is not None and tuple(value.shape) == (batch,):
-            loop = getattr(stats, "num_loop_iterations", None)
-            if loop is None and field != "num_steps" and tuple(stats.num_steps.shape) == ():
-                loop = stats.num_steps
-            return value, value if loop is None else loop
-    return None
-
-
-def _tfode_per_sample(tf, tfode):
-    """``(name, solve)`` of tfode's per-sample mode, or ``(reason, None)``.
-
-    ``solve(func, y0, t, rtol, atol, args)`` returns a ``tfode.Solution``. Each
-    spelling (with and without ``options``) is tried on a two-sample problem whose
-    samples need different step counts; it counts as per-sample only if the stats
-    report different step counts for the two samples (``per_sample_steps``).
-    """
-    options = {"max_num_steps": MAX_STEPS}
-    candidates = []
-    if hasattr(tfode, "SolverConfig"):
-        for kw in ({"batch_axis": 0}, {"per_sample": True}):
-            for extra in ({"options": options}, {}):
-
-                def via_config(func, y0, t, rtol, atol, args, kw=kw, extra=extra):
-                    cfg = tfode.SolverConfig(method="dopri5", rtol=rtol, atol=atol, **kw)
-                    return tfode.solve(func, y0, t, config=cfg, args=args, **extra)
-
-                name = (
-                    f"tfode.solve(..., config=tfode.SolverConfig(..., {next(iter(kw))}=...){', options' * bool(extra)})"
-                )
-                candidates.append((name, via_config))
-    for kw in ({"batch_axis": 0}, {"per_sample": True}):
-
-        def via_solve(func, y0, t, rtol, atol, args, kw=kw):
-            return tfode.solve(func, y0, t, method="dopri5", rtol=rtol, atol=atol, args=args, options=options, **kw)
-
-        candidates.append((f"tfode.solve(..., {next(iter(kw))}=...)", via_solve))
-
-    def probe(t_, y, mu):
-        return tf.stack([y[:, 1], mu * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], axis=1)
-
-    y0 = tf.constant([[2.0, 0.0], [2.0, 0.0]])
-    mu = tf.constant([0.5, 20.0])
-    reasons = []
-    for name, fn in candidates:
-        try:
-            sol = fn(probe, y0, tf.constant([0.0, 5.0]), 1e-4, 1e-4, (mu,))
-            found = per_sample_steps(sol.stats, 2)
-            if found is not None and int(found[0][0]) != int(found[0][1]):
-                return name, fn
-            reasons.append(f"{name}: stats not per sample (num_steps {np.asarray(sol.stats.num_steps).tolist()})")
-        except Exception as err:  # any failure means: not this spelling
-            reasons.append(f"{name}: {type(err).__name__}: {str(err)[:80]}")
-    return "not available in this tfode (" + "; ".join(reasons) + ")", None
+    nfe, steps = np.asarray(nfe, np.int64), np.asarray(steps, np.int64)
+    initial = int(nfe.reshape(-1)[0] - stages * steps.reshape(-1)[0])
+    return int(steps.max()) * stages + initial
 
 
 def worker_tf(args, frameworks):
@@ -169,7 +121,6 @@ def worker_tf(args, frameworks):
     import tfode
 
     mu64, t64 = make_problem(args.seed, args.batch)
-    per_sample_name, per_sample = _tfode_per_sample(tf, tfode)
 
     def field(t, y, mu):
         x, v = y[:, 0], y[:, 1]
@@ -181,15 +132,19 @@ def worker_tf(args, frameworks):
         s = sol.stats
         return sol.ys, s.num_fn_evals, s.num_steps, s.num_steps, s.status
 
-    fns = {"tfode-xla": tf.function(joint, jit_compile=True)}
-    if per_sample is not None:
+    def per_sample(y0, t, mu, rtol, atol):
+        # Per-sample mode: f gets t [B]; the stats are [B]; ys is [N, B, 2] as in joint mode.
+        config = tfode.SolverConfig(method="dopri5", rtol=rtol, atol=atol, max_num_steps=MAX_STEPS, batch_axis=0)
+        sol = tfode.solve(field, y0, t, config, args=(mu,), raise_on_failure=False)
+        s = sol.stats
+        return sol.ys, s.num_fn_evals, s.num_steps, tf.reduce_max(s.num_steps), s.status
 
-        def per_sample_solve(y0, t, mu, rtol, atol):
-            sol = per_sample(field, y0, t, rtol, atol, (mu,))
-            steps, loop = per_sample_steps(sol.stats, y0.shape[0])
-            return sol.ys, sol.stats.num_fn_evals, steps, loop, sol.stats.status
-
-        fns["tfode-xla per-sample"] = tf.function(per_sample_solve, jit_compile=True)
+    fns = {
+        "tfode-xla": tf.function(joint, jit_compile=True),
+        "tfode-graph": tf.function(joint),
+        "tfode-xla per-sample": tf.function(per_sample, jit_compile=True),
+        "tfode-graph per-sample": tf.function(per_sample),
+    }
 
     rows, arrays = [], {}
     for dtype in args.dtypes:
@@ -208,11 +163,16 @@ def worker_tf(args, frameworks):
                 out[name], first = C.first_call_ms(call)
                 calls[name] = call
                 ys, nfe, steps, loop, status = out[name]
-                steps = np.broadcast_to(steps, [args.batch]).astype(np.int64)
+                row = dict(impl=name, dtype=dtype, tol=tol, first_call_ms=first, loop_iters=int(np.max(loop)),
+                           status=int(np.max(status)))  # fmt: skip
+                if np.ndim(nfe):  # per-sample: [B] counters
+                    row.update(nfe=batched_nfe(nfe, steps), nfe_per_sample_sum=int(np.sum(nfe)),
+                               statuses=np.asarray(status).tolist())  # fmt: skip
+                else:
+                    row.update(nfe=int(nfe))
+                row["steps"] = np.broadcast_to(steps, [args.batch]).astype(np.int64).tolist()
                 arrays[f"{name}|{_key(dtype, tol)}"] = [np.transpose(ys, (1, 0, 2))]
-                rows.append(dict(impl=name, dtype=dtype, tol=tol, first_call_ms=first, nfe=int(np.max(nfe)),
-                                 loop_iters=int(np.max(loop)), steps=steps.tolist(),
-                                 status=int(np.max(status))))  # fmt: skip
+                rows.append(row)
             timings = _timed(calls, args.repeats)
             for r in rows[-len(calls) :]:
                 r.update(timings[r["impl"]])
@@ -231,8 +191,17 @@ def worker_tf(args, frameworks):
             arrays[f"tfode-xla alone|{_key(dtype, tol)}"] = [np.stack(ys_all)]
             rows.append(dict(impl="tfode-xla alone", dtype=dtype, tol=tol, nfe=nfe, loop_iters=int(np.sum(steps)),
                              steps=steps, wall_ms=[wall], cpu_ms=[cpu], status=0))  # fmt: skip
+            # The per-sample function at B = 1 on every sample (untimed): per-sample mode's own single-sample solve.
+            fn = fns["tfode-xla per-sample"]
+            ys_all, steps = [], []
+            for i in range(args.batch):
+                ys, _, s, _, _ = fn(y0[i : i + 1], t, mu[i : i + 1], tol_t, tol_t)
+                ys_all.append(ys.numpy()[:, 0])
+                steps.append(int(s[0]))
+            arrays[f"tfode-xla per-sample B=1|{_key(dtype, tol)}"] = [np.stack(ys_all)]
+            arrays[f"tfode-xla per-sample B=1 steps|{_key(dtype, tol)}"] = [np.asarray(steps)]
     C.save_grads(args._out + ".npz", arrays)
-    return {"versions": C.versions(tensorflow=tf, tfode=tfode), "rows": rows, "per_sample": per_sample_name}
+    return {"versions": C.versions(tensorflow=tf, tfode=tfode), "rows": rows}
 
 
 # --------------------------------------------------------------------------- #
@@ -403,6 +372,42 @@ WORKERS = {"tf": (worker_tf, "tf"), "torch": (worker_torch, "peer"), "jax": (wor
 # --------------------------------------------------------------------------- #
 
 
+def per_sample_checks(args, rows, arrays):
+    """Lines: tfode per-sample against its B = 1 solves, and its CPU time against the other rows."""
+    out = []
+    for dtype in args.dtypes:
+        for tol in args.tols:
+            k = _key(dtype, tol)
+            alone = rows.get((dtype, tol, "tfode-xla alone"))
+            cpu = {impl: C.summary(r["cpu_ms"])[0] for (d, t_, impl), r in rows.items() if (d, t_) == (dtype, tol)}
+            for impl in PER_SAMPLE_TFODE:
+                r = rows.get((dtype, tol, impl))
+                if r is None:
+                    continue
+                parts = [f"- {dtype} {tol:g} {impl}: NFE batched {r['nfe']}, summed over samples "
+                         f"{r.get('nfe_per_sample_sum', '–')}"]  # fmt: skip
+                if alone is not None:
+                    steps, steps_alone = np.asarray(r["steps"]), np.asarray(alone["steps"])
+                    diff = np.max(np.abs(arrays[f"{impl}|{k}"] - arrays[f"tfode-xla alone|{k}"]), axis=(1, 2))
+                    parts.append(f"steps = alone for {int(np.sum(steps == steps_alone))}/{len(steps)} samples "
+                                 f"(max |diff| {int(np.max(np.abs(steps - steps_alone)))})")  # fmt: skip
+                    parts.append(f"max |ys - ys alone| {np.max(diff):.2e} "
+                                 f"(samples above 1e-12: {int(np.sum(diff > 1e-12))})")  # fmt: skip
+                own = arrays.get(f"tfode-xla per-sample B=1|{k}")
+                if own is not None:
+                    own_steps = arrays[f"tfode-xla per-sample B=1 steps|{k}"]
+                    diff = np.max(np.abs(arrays[f"{impl}|{k}"] - own), axis=(1, 2))
+                    parts.append(f"against per-sample XLA at B = 1: steps equal for "
+                                 f"{int(np.sum(np.asarray(r['steps']) == own_steps))}/{len(own_steps)}, "
+                                 f"max |ys diff| {np.max(diff):.2e}")  # fmt: skip
+                joint = impl.replace(" per-sample", "")
+                for other in (joint, "diffrax-vmap", "torchode-compile", "torchode"):
+                    if other in cpu and cpu[other] > 0:
+                        parts.append(f"CPU / {other} {cpu[impl] / cpu[other]:.2f}")
+                out.append("; ".join(parts))
+    return out
+
+
 def report(args, ctx):
     frameworks = C.split_list(args.frameworks)
     args.tols = C.split_list(args.tols, float)
@@ -429,14 +434,13 @@ def report(args, ctx):
             raw.append(ctx.run("jax", ["diffrax"], tag=f"jax-{dtype}", dtypes=[dtype], hard=args.hard))
     load_end, rev_end = C.loadavg(), C.tfode_revision()
 
-    rows, arrays, notes, versions, per_sample = {}, {}, [], {}, None
+    rows, arrays, notes, versions = {}, {}, [], {}
     for res in raw:
         if "error" in res:
             notes.append(res["error"])
             continue
         versions.update(res.get("versions", {}))
         notes.extend(f"{k}: {v}" for k, v in res.get("missing", {}).items())
-        per_sample = res.get("per_sample", per_sample)
         arrays.update({k: v[0] for k, v in res.get("grads", {}).items()})
         for r in res["rows"]:
             rows[(r["dtype"], r["tol"], r["impl"])] = r
@@ -459,9 +463,6 @@ def report(args, ctx):
             for impl in ORDER:
                 r = rows.get((dtype, tol, impl))
                 if r is None:
-                    if impl == "tfode-xla per-sample" and "tfode" in frameworks:
-                        cells = " | ".join(["not available¹"] + ["–"] * 7)
-                        lines.append(f"| {dtype} | {tol:g} | tfode per-sample | per-sample | {cells} |")
                     continue
                 err = max_err(arrays[f"{impl}|{k}"])
                 steps = np.asarray(r["steps"])
@@ -487,11 +488,11 @@ def report(args, ctx):
     print()
     print("- hardest sample alone (index: mu): "
           + ", ".join(f"{k} {v}: {mu[v]:.2f}" for k, v in args.hard.items()))  # fmt: skip
-    if per_sample and per_sample.startswith("not available"):
-        print(f"- ¹ tfode per-sample mode: {per_sample}")
+    checks = per_sample_checks(args, rows, arrays)
+    print("\n".join(checks))
     print(f"- tfode-xla alone: loop iters = the sum of the {args.batch} solves' steps; time = one pass of them.")
     C.print_loadavg(load_start, load_end)
     C.print_revision(rev_start, rev_end)
     C.print_notes_and_versions(notes, versions)
     return {"rows": [dict(r, key=list(k)) for k, r in rows.items()], "hard": args.hard, "notes": notes,
-            "per_sample": per_sample, "versions": versions}  # fmt: skip
+            "checks": checks, "versions": versions}  # fmt: skip
