@@ -50,9 +50,12 @@ def main():
     y0 = tf.constant(y0, tf.float32)
 
     print(f"Neural vector field: batch={args.batch}, dim={args.dim}, hidden={args.hidden}, t in [0, 1]")
+    print("max |err|: largest error of y(1) (float32) against dopri8 in float64 at rtol = atol = 1e-12;")
+    print("XLA ms: wall time per call of the compiled solve, mean of 5 calls after a first (compiling) call,")
+    print("        so compile time is excluded.")
     print(f"{'method':>14} {'rtol=atol':>9} {'max |err|':>10} {'NFE':>6} {'steps':>6} {'XLA ms':>8}")
     for method in tfode.method_names():
-        options = None if tfode.solve.__module__ and method not in ("euler", "midpoint", "rk4") else {"step_size": 0.02}
+        options = None if method not in ("euler", "midpoint", "rk4") else {"step_size": 0.02}
         for tol in (1e-3, 1e-6):
             if options is not None and tol != 1e-3:
                 continue
