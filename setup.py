@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="tfode",
-    version="0.1.0",
+    version="0.2.0",
     description="Neural ordinary differential equations for TensorFlow, Keras and TensorFlow Probability.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
