@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import _common as C  # noqa: E402
 
-# name -> module of benchmarks.workloads (see /work/shared/bench/README.md and the issues).
+# name -> module of benchmarks.workloads (see ../shared/bench/README.md beside the repository and the issues).
 WORKLOADS = {
     "W1": "w1_forward",
     "W1-nfe": "w1_nfe_variants",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """W1 forward benchmark: adaptive dopri5 on a small tanh MLP vector field.
 
-Workload (see /work/shared/bench/README.md, data in weights.npz):
+Workload (see ../shared/bench/README.md beside the repository, data in weights.npz):
     f(t, y) = tanh(y @ W1.T + b1) @ W2.T + b2, float32, batch 256,
     D=2 (H=64) and D=32 (H=256), integrated from t=0 to t=1 with dopri5 at
     rtol = atol in {1e-3, 1e-5, 1e-7}.

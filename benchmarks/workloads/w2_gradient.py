@@ -1,6 +1,6 @@
 """W2 gradient benchmark: d loss / d weights through an adaptive dopri5 solve.
 
-Workload (see /work/shared/bench/README.md, data in weights.npz):
+Workload (see ../shared/bench/README.md beside the repository, data in weights.npz):
     f(t, y) = tanh(y @ W1.T + b1) @ W2.T + b2, float32, batch 256,
     D=2 (H=64) and D=32 (H=256); y from t=0 to t=1 with dopri5 at
     rtol = atol = 1e-5; loss = sum(y(1)**2) / 256; gradient w.r.t. W1, b1, W2, b2.

@@ -1,6 +1,6 @@
 """W3 CNF benchmark: log-density and its gradient under a continuous normalizing flow.
 
-Workload (see /work/shared/bench/README.md, data in weights.npz):
+Workload (see ../shared/bench/README.md beside the repository, data in weights.npz):
     f(t, z) = W3 tanh(W2 tanh(W1 tanh(W0 [z, t] + b0) + b1) + b2) + b3 (row convention,
     W0: [64, 3], W1, W2: [64, 64], W3: [2, 64]; t concatenated to the first layer's
     input only), float32. The flow maps z(0) ~ N(0, I) to x = z(1); log p(x) of the

@@ -1,6 +1,6 @@
 """W4 memory benchmark: peak memory of the W2 gradient as the end time T grows.
 
-Workload (see /work/shared/bench/README.md): the W2 gradient (loss
+Workload (see ../shared/bench/README.md beside the repository): the W2 gradient (loss
 sum(y(T)**2) / 256, gradient w.r.t. W1, b1, W2, b2, dopri5 rtol = atol = 1e-5)
 with the bounded field f(y) - y = tanh(y @ W1.T + b1) @ W2.T + b2 - y, D=32
 (H=256), batch 256, float32, t from 0 to T for T in {1, 10, 50}.
