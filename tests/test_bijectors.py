@@ -628,3 +628,15 @@ def test_bijector_cache_serves_stale_log_prob_while_the_inverse_is_held():
     assert np.abs(fresh - before).max() > 0.1  # measured 2.3
     del z
     np.testing.assert_allclose(dist.log_prob(x), fresh, rtol=1e-6)
+
+
+def test_several_bijectors_trigger_no_retracing_warning(caplog):
+    """Regression (issue 14, item 3): creating and using several flows traces nothing per instance."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="tensorflow")
+    x = _points(4, 2, seed=21)
+    for seed in range(6):
+        flow = ContinuousFlowBijector(_MLP(2, seed=seed, gain=0.5), rtol=1e-3, atol=1e-3)
+        flow.forward_log_det_jacobian(tf.identity(x), event_ndims=1)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
