@@ -545,3 +545,24 @@ def test_load_model_needs_import_tfode(tmp_path):
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model(x))
+
+
+def test_two_ode_layers_log_their_own_metrics_and_evaluate_reports_no_backward_solve():
+    """Regression (issue 14, items 7 and 8): per-layer metric names; no stale backward NFE in evaluate."""
+    keras.utils.set_random_seed(0)
+    x = _inputs((16, 3))
+    y = x[:, :2]
+    model = keras.Sequential([
+        keras.Input((3,)),
+        ODELayer(TimeMLP(hidden=(8,)), name="first"),
+        ODELayer(TimeMLP(hidden=(8,)), rtol=1e-6, atol=1e-6, name="second"),
+        keras.layers.Dense(2),
+    ])  # fmt: skip
+    model.compile(keras.optimizers.SGD(1e-2), "mse", jit_compile=False)
+    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0).history
+    for name in ("first", "second"):
+        assert history[f"{name}_nfe_forward"][-1] > 0 and history[f"{name}_nfe_backward"][-1] > 0
+    assert history["second_nfe_forward"][-1] > history["first_nfe_forward"][-1]  # tighter tolerance
+    logs = model.evaluate(x, y, return_dict=True, verbose=0)
+    assert logs["first_nfe_backward"] == logs["second_nfe_backward"] == 0.0
+    assert logs["first_nfe_forward"] > 0
