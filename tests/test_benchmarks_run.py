@@ -137,4 +137,4 @@ def test_batch_independence_tables():
               "models": {"odenet": {"0.001": same, "1e-06": off}}}  # fmt: skip
     text = bi.tables(result, SimpleNamespace(draws=2, batch=64))
     rows = [line for line in text.splitlines() if line.startswith("| odenet")]
-    assert rows[0].endswith("| 1/2 | - | met |") and rows[1].endswith("| 0/2 | - | missed |")
+    assert rows[0].endswith("| 0/2 | 1/2 | - | - | met |") and rows[1].endswith("| 2/2 | 0/2 | - | - | missed |")
