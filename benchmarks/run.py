@@ -58,6 +58,7 @@ WORKLOADS = {
     "W5": "w5_keras_fit",
     "W6": "w6_vdp_batch",
     "serving": "serving",
+    "batch_independence": "batch_independence",
 }
 
 

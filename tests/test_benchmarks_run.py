@@ -102,3 +102,39 @@ def test_w6_per_sample_api():
     steps, nfe = sol.stats.num_steps.numpy(), sol.stats.num_fn_evals.numpy()
     assert sol.ys.shape == (3, 2, 2) and steps.shape == (2,) and steps[0] < steps[1]
     assert w6_vdp_batch.batched_nfe(nfe, steps) == 6 * steps.max() + (nfe[0] - 6 * steps[0])
+
+
+def _timed(cpu_ms, nfe=20):
+    return {"wall_ms": [cpu_ms] * 4, "cpu_ms": [cpu_ms] * 4, "total_s": 4 * cpu_ms / 1e3, "nfe": [nfe] * 4}
+
+
+def test_serving_tables_compare_paths():
+    from types import SimpleNamespace
+
+    from benchmarks.workloads import serving
+
+    costs = {"1": (4.0, 2.0), "64": (10.0, 12.0), "512": (20.0, 400.0)}  # per-sample, union CPU ms
+    result = {
+        "export": "savedmodels/latent_ode_spiral/1", "tensorflow": "2.x", "gpus": [], "load_s": 1.0,
+        "first_call_s": 1.0, "paths": ["export", "union"], "tols": {},
+        "path_batches": {b: {"export": _timed(p), "union": _timed(u)} for b, (p, u) in costs.items()},
+        "max_abs_diff_vs_export": {b: {"export": 0.0, "union": 1e-3} for b in costs},
+    }  # fmt: skip
+    text = serving.tables(result, SimpleNamespace(requests=4, warmup=1, tol_batch=64))
+    assert "| 512 | union |" in text and "| 512 | export |" in text
+    assert "batch 512 / batch 64 (linear: 8x): export 2.00x, union 33.33x" in text
+    assert "union / export by batch: 1: 0.50x, 64: 1.20x, 512: 20.00x" in text
+
+
+def test_batch_independence_tables():
+    from types import SimpleNamespace
+
+    from benchmarks.workloads import batch_independence as bi
+
+    same = {"abs": [0.0, 1e-7], "rel": [0.0, 1e-7], "scale": [1.0, 1.0], "nfe_alone": [], "nfe_batch": []}
+    off = dict(same, abs=[1e-4, 1e-4], rel=[1e-4, 1e-4])
+    result = {"tensorflow": "2.x", "exports": {"odenet": "savedmodels/odenet/1"},
+              "models": {"odenet": {"0.001": same, "1e-06": off}}}  # fmt: skip
+    text = bi.tables(result, SimpleNamespace(draws=2, batch=64))
+    rows = [line for line in text.splitlines() if line.startswith("| odenet")]
+    assert rows[0].endswith("| 0/2 | 1/2 | - | - | met |") and rows[1].endswith("| 2/2 | 0/2 | - | - | missed |")
