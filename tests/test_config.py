@@ -21,7 +21,7 @@ def test_defaults_table_holds_every_owner():
     [
         ({"method": "rk45"}, ValueError, "method='rk45'"),
         ({"rtol": -1.0}, ValueError, "rtol must be positive"),
-        ({"atol": "1e-6"}, TypeError, "atol must be a positive number"),
+        ({"atol": "1e-6"}, TypeError, "atol must be a number, a float tensor"),
         ({"max_num_steps": 0}, ValueError, "max_num_steps must be a positive int"),
         ({"adjoint": "yes"}, TypeError, "adjoint must be True or False"),
         ({"adjoint_norm": "l2"}, ValueError, "adjoint_norm must be 'seminorm' or 'full'"),

@@ -8,7 +8,6 @@ the solve with ``Status.INVALID_INPUT``.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 
 import numpy as np
@@ -244,21 +243,6 @@ def as_tolerance(name, value, leaves, structure):
     return out, valid
 
 
-def positive_scalar_option(name, value, dtype, allow_zero=False):
-    """Convert an option such as ``first_step`` to a scalar tensor, checked when static."""
-    tensor = tf.cast(tf.convert_to_tensor(value), dtype)
-    if tensor.shape.rank not in (0, None):
-        raise ValueError(f"options[{name!r}] must be a scalar, got shape {tensor.shape}.")
-    values = _static_value(tensor)
-    if values is not None:
-        ok = np.isfinite(values) and (values >= 0 if allow_zero else values > 0)
-        if name == "max_step":
-            ok = values > 0
-        if not ok:
-            raise ValueError(f"options[{name!r}] must be {'non-negative' if allow_zero else 'positive'}, got {values}.")
-    return tensor
-
-
 def all_valid(*flags):
     """Combine optional in-graph validity flags (``None`` means checked); a ``[B]`` flag stays per sample."""
     flags = [f for f in flags if f is not None]
@@ -268,22 +252,6 @@ def all_valid(*flags):
     for flag in flags[1:]:
         combined = combined & flag
     return combined
-
-
-def check_keywords(caller, kwargs, target, exclude=()):
-    """Raises ``TypeError`` naming ``caller`` for a keyword that ``target`` (which it calls) does not take.
-
-    Args:
-        caller: the public function's name, e.g. ``"odeint"``.
-        kwargs: the keywords ``caller`` passes on to ``target``.
-        target: the function receiving them.
-        exclude: keywords of ``target`` that ``caller`` does not pass on.
-    """
-    accepted = [name for name in inspect.signature(target).parameters
-                if name not in exclude and not name.startswith("_")]  # fmt: skip
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise TypeError(f"{caller}() got unexpected keyword arguments {unknown}; it accepts {', '.join(accepted)}.")
 
 
 def check_callable(func):

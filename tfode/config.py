@@ -71,7 +71,7 @@ def _check_tolerance(name, value, allow_none=False):
     if tf.is_tensor(value) or isinstance(value, (np.ndarray, list, tuple, dict)):
         return value  # per-element or structured tolerances, checked by the solve
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number or a tensor, got {type(value).__name__} {value!r}.")
+        raise TypeError(f"{name} must be a number, a float tensor or a structure of them, got {value!r}.")
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value!r}.")

@@ -261,7 +261,7 @@ def odeint(func, y0, t, solver=None, **kwargs):
         raise TypeError("odeint always raises on failure; use tfode.solve(..., raise_on_failure=False).")
     unknown = sorted(set(kwargs) - _SOLVE_KEYWORDS)
     if unknown:
-        raise TypeError(f"odeint() got unexpected keyword arguments {unknown}; valid: {sorted(_SOLVE_KEYWORDS)}.")
+        raise TypeError(f"odeint() got unexpected keyword arguments {unknown}; it accepts {sorted(_SOLVE_KEYWORDS)}.")
     kwargs.setdefault("name", "odeint")
     return solve(func, y0, t, solver, **kwargs).ys
 
