@@ -64,7 +64,9 @@ def _encode_and_elbo(model, inputs):
 def _predict(model, inputs):
     """``(mean, log_var, prediction at inputs['query_times'])`` from one encoder run (training=False)."""
     mean, log_var = model.encode(inputs)
-    return mean, log_var, model.decoder(model.latent_trajectory(mean, inputs["query_times"]))
+    # Inference: no adjoint, so per-series times are solved per sample (as model(..., training=False) does).
+    solver = model.solver.replace(adjoint=False)
+    return mean, log_var, model.decoder(model.latent_trajectory(mean, inputs["query_times"], solver))
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +309,11 @@ def _linear_tanh_field():
     rng = np.random.default_rng(8)
     weights = tf.Variable(rng.normal(scale=0.8, size=(2, 2)))
     bias = tf.Variable(rng.normal(scale=0.3, size=(2,)))
-    return (lambda t, z: tf.tanh(z) @ weights + bias + 0.1 * tf.sin(t)), [weights, bias]
+    # t is a scalar (joint solves) or one time per series [B] (per-sample solves).
+    def field(t, z):
+        return tf.tanh(z) @ weights + bias + 0.1 * tf.sin(t[:, None] if t.shape.rank == 1 else t)
+
+    return field, [weights, bias]
 
 
 # Per-series times with repeats, a query at t = 0 and shared entries across series.
