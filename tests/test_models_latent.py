@@ -309,6 +309,7 @@ def _linear_tanh_field():
     rng = np.random.default_rng(8)
     weights = tf.Variable(rng.normal(scale=0.8, size=(2, 2)))
     bias = tf.Variable(rng.normal(scale=0.3, size=(2,)))
+
     # t is a scalar (joint solves) or one time per series [B] (per-sample solves).
     def field(t, z):
         return tf.tanh(z) @ weights + bias + 0.1 * tf.sin(t[:, None] if t.shape.rank == 1 else t)
