@@ -161,3 +161,12 @@ def test_per_sample_rejects_what_it_cannot_do():
         tfode.solve(lambda t, y: -y, tf.constant(1.0), [0.0, 1.0], config)
     with pytest.raises(ValueError, match="rows \\[1\\] are not"):
         tfode.solve(lambda t, y: -y, tf.ones([2, 1]), tf.constant([[0.0, 1.0, 2.0], [0.0, 1.0, 0.5]]), config)
+
+
+def test_constant_step_budget_covers_the_widest_row():
+    """The default step budget of ConstantStepSize comes from the longest per-sample span, not row 0."""
+    t = tf.constant([[0.0, 0.5], [0.0, 3.0]], F64)
+    config = tfode.SolverConfig(method="rk4", controller=tfode.ConstantStepSize(0.1), batch_axis=0)
+    sol = tfode.solve(lambda t, y: -y, tf.ones([2, 1], F64), t, config)
+    np.testing.assert_array_equal(sol.stats.num_steps.numpy(), [5, 30])
+    np.testing.assert_allclose(sol.ys.numpy()[-1, :, 0], np.exp([-0.5, -3.0]), rtol=1e-5)

@@ -306,8 +306,10 @@ class ConstantStepSize(StepSizeController):
         times = _static_values(t)
         if times is None or tf.is_tensor(self.step_size):
             return default
-        # +2: round-off in the step count and the stretched last step.
-        return int(math.ceil(abs(float(times[-1]) - float(times[0])) / float(self.step_size))) + 2
+        # The widest span (per-sample times are [B, N]); +2: round-off in the step count and
+        # the stretched last step.
+        span = float(np.max(np.abs(np.asarray(times)[..., -1] - np.asarray(times)[..., 0])))
+        return int(math.ceil(span / float(self.step_size))) + 2
 
     def initial(self, fn, t0, y0, f0, t, direction, tableau, rtol, atol, error_mask, per_sample=False):
         return tf.cast(self.step_size, t0.dtype), tf.zeros([], rtol[0].dtype), 0
@@ -330,7 +332,7 @@ class StepToOutputTimes(StepSizeController):
     """
 
     def step_budget(self, t, default):
-        length = t.shape[0]
+        length = t.shape[-1]
         return default if length is None else max(length - 1, 1)
 
     def initial(self, fn, t0, y0, f0, t, direction, tableau, rtol, atol, error_mask, per_sample=False):

@@ -191,8 +191,7 @@ def solve(
     with tf.name_scope(name or "solve"):
         problem = prepare(func, y0, t, config, args, _allow_repeated_times)
         controller = config.forward_controller
-        forward = (config.tableau, problem.rtol, problem.atol, controller, config.step_budget(problem.t[0]
-                   if config.batch_axis is not None else problem.t))  # fmt: skip
+        forward = (config.tableau, problem.rtol, problem.atol, controller, config.step_budget(problem.t))
         if config.batch_axis is not None:
             fn = problem.make_fn(problem.args)
             captured = captured_tensors(fn, problem.t[:, 0], problem.leaves, func=func)
