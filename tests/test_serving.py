@@ -131,16 +131,24 @@ class Export:
         return self.name
 
     def reference(self, inputs):
-        """serving_default outputs computed by the Python model (fresh exports only)."""
+        """serving_default outputs computed by the Python model (fresh exports only), solved per sample
+        without the adjoint as ``serving.export(per_sample=True)`` (the default) serves them."""
         if isinstance(self.model, tfode.models.LatentODE):
             outputs = self.model.serving_outputs(*(tf.constant(inputs[k]) for k in (
                 "observed_times", "observed_values", "observed_mask", "query_times")))  # fmt: skip
             return {"mean": outputs["mean"].numpy(), "num_fn_evals": int(outputs["num_fn_evals"])}
         if isinstance(self.model, tfode.models.ContinuousFlow):
-            return {"log_prob": self.model(tf.constant(inputs["x"]), training=False).numpy()}
-        outputs = self.model(tf.constant(inputs["inputs"]), training=False).numpy()
-        layers = [layer for layer in self.model.layers if isinstance(layer, tfode.ODELayer)]
-        return {"outputs": outputs, "num_fn_evals": sum(int(layer.num_fn_evals_forward) for layer in layers)}
+            served = self.model.solver.replace(adjoint=False, batch_axis=0)
+            return {"log_prob": self.model(tf.constant(inputs["x"]), training=False, solver=served).numpy()}
+        x = tf.constant(inputs["inputs"])
+        nfe = 0
+        for layer in self.model.layers:
+            if isinstance(layer, tfode.ODELayer):
+                x = layer(x, training=False, solver=layer.solver.replace(adjoint=False, batch_axis=0))
+                nfe += int(np.max(layer.last_solve_stats.num_fn_evals))
+            elif not isinstance(layer, keras.layers.InputLayer):
+                x = layer(x)
+        return {"outputs": x.numpy(), "num_fn_evals": nfe}
 
 
 @pytest.fixture(scope="session")
