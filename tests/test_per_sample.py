@@ -170,3 +170,9 @@ def test_constant_step_budget_covers_the_widest_row():
     sol = tfode.solve(lambda t, y: -y, tf.ones([2, 1], F64), t, config)
     np.testing.assert_array_equal(sol.stats.num_steps.numpy(), [5, 30])
     np.testing.assert_allclose(sol.ys.numpy()[-1, :, 0], np.exp([-0.5, -3.0]), rtol=1e-5)
+
+
+def test_empty_batch():
+    sol = tfode.solve(lambda t, y: -y, tf.zeros([0, 3]), tf.constant([0.0, 0.5, 1.0]),
+                      tfode.SolverConfig(batch_axis=0))  # fmt: skip
+    assert sol.ys.shape == (3, 0, 3) and sol.stats.num_steps.shape == (0,)

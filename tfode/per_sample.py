@@ -107,8 +107,9 @@ def _initial_state(p, y0, inputs_valid):
     status = tf.where(tf.equal(p.num_times, 1) & tf.equal(status, int(Status.RUNNING)), int(Status.SUCCESS), status)
     buffers = []
     for leaf in given:
-        nan = tf.fill(tf.concat([[p.num_times], tf.shape(leaf)], axis=0), tf.constant(float("nan"), leaf.dtype))
-        buffers.append(tf.tensor_scatter_nd_update(nan, [[0]], leaf[None]))
+        # Row 0 holds y0, the rest NaN until written (a concat: a scatter fails on an empty batch).
+        nan = tf.fill(tf.concat([[p.num_times - 1], tf.shape(leaf)], axis=0), tf.constant(float("nan"), leaf.dtype))
+        buffers.append(tf.concat([leaf[None], nan], axis=0))
     zeros = tf.zeros([batch], tf.int32)
     return _State(t=t0, step=step0, y=tuple(y0), f=tuple(f0), memory=memory, index=zeros + 1, num_steps=zeros,
                   num_accepted=zeros, num_rejected=zeros, num_fn_evals=zeros + 1 + extra, status=status,
