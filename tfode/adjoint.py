@@ -31,10 +31,12 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfode._adjoint_per_sample import backward_per_sample
 from tfode._captures import captured_tensors, is_differentiable_tensor
 from tfode._tf_compat import stop_recording
 from tfode.controllers import PIController
 from tfode.integrate import integrate
+from tfode.per_sample import integrate_per_sample
 from tfode.solution import SolverStats, Status, raise_on_failure
 from tfode.stats import record_stats
 
@@ -88,6 +90,7 @@ def adjoint_integrate(
     *,
     inputs_valid=None,
     backward_stats=None,
+    per_sample=False,
 ):
     """Forward solve whose gradient is computed by the adjoint method.
 
@@ -99,6 +102,8 @@ def adjoint_integrate(
         config: a ``BackwardSolve``.
         inputs_valid: optional in-graph validity flag.
         backward_stats: optional ``SolveStats`` to record the backward pass.
+        per_sample: ``t`` is ``[B, N]`` and every sample is solved on its own, forward
+            (``integrate_per_sample``) and backward (``tfode._adjoint_per_sample``).
 
     Returns:
         ``(ys, stats)`` as ``integrate`` returns them; ``ys`` carries the custom gradient.
@@ -109,9 +114,12 @@ def adjoint_integrate(
         # Captured tensors are read by closure; they are inputs only to receive gradients.
         return make_fn(all_args[:num_explicit])
 
+    forward_loop = integrate_per_sample if per_sample else integrate
+    backward = backward_per_sample if per_sample else _backward
+
     def run_forward(y0_in, t_in, args_in):
-        return integrate(bind(args_in), y0_in, t_in, tableau, rtol, atol, controller, max_num_steps,
-                         inputs_valid=inputs_valid)  # fmt: skip
+        return forward_loop(bind(args_in), y0_in, t_in, tableau, rtol, atol, controller, max_num_steps,
+                            inputs_valid=inputs_valid)  # fmt: skip
 
     # Tensors that the field reads from its enclosing scope get gradients like `args`:
     # the custom gradient below only returns gradients for its inputs.
@@ -122,7 +130,7 @@ def adjoint_integrate(
         captured = traced_forward.captured_inputs
     else:
         traced_forward = None
-        captured = captured_tensors(make_fn(args), t[0], y0)
+        captured = captured_tensors(make_fn(args), t[..., 0], y0)
     known = [*args, *y0, t]
     captures = [c for c in captured if is_differentiable_tensor(c) and all(c is not k for k in known)]
     args = list(args) + captures
@@ -151,7 +159,7 @@ def adjoint_integrate(
 
         def grad(*cotangents, variables=None):
             variables = list(variables or [])
-            grads_y0, grad_t, grads_args, grads_vars, bstats = _backward(
+            grads_y0, grad_t, grads_args, grads_vars, bstats = backward(
                 bind, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
                 stats.step_size,
             )  # fmt: skip
@@ -161,7 +169,7 @@ def adjoint_integrate(
                 with tf.control_dependencies(updates):
                     grads = [tf.identity(g) for g in grads]
             if config.raise_on_failure:
-                grads = raise_on_failure(grads, bstats, t_in[0], stage="backward")
+                grads = raise_on_failure(grads, bstats, t_in[..., 0], stage="backward")
             split = num_leaves + 1 + num_args
             return grads[:split], grads[split:]
 

@@ -106,8 +106,10 @@ class SolverConfig:
             torchdiffeq's semantics) or ``0``: per-sample solving, every entry of the
             leading axis of every state leaf is its own problem with its own steps,
             error norm, status and counters (``tfode.per_sample``); ``t`` may then be
-            ``[B, N]``, and ``func`` receives ``t`` of shape ``[B]``. Direct gradients only
-            (``adjoint=False``) in this version.
+            ``[B, N]``, and ``func`` receives ``t`` of shape ``[B]``. With ``adjoint=True``
+            every sample's backward solve takes its own steps too, and the parameter
+            gradient is accumulated over the batch in O(parameters) memory
+            (``tfode._adjoint_per_sample``; needs ``adjoint_norm="seminorm"``).
 
     Raises:
         ValueError, TypeError: a bad field, named in the message.
@@ -158,13 +160,13 @@ class SolverConfig:
             raise TypeError(f"adjoint must be True or False, got {self.adjoint!r}.")
         if self.batch_axis not in (None, 0) or isinstance(self.batch_axis, bool):
             raise ValueError(f"batch_axis must be None (joint) or 0 (per-sample), got {self.batch_axis!r}.")
-        if self.batch_axis is not None and self.adjoint:
-            raise ValueError(
-                "per-sample solving (batch_axis=0) supports adjoint=False only in this version; "
-                "the per-sample adjoint is not built yet."
-            )
         if self.adjoint_norm not in ("seminorm", "full"):
             raise ValueError(f"adjoint_norm must be 'seminorm' or 'full', got {self.adjoint_norm!r}.")
+        if self.batch_axis is not None and self.adjoint and self.adjoint_norm == "full":
+            raise ValueError(
+                "adjoint_norm='full' cannot be per sample (batch_axis=0): the per-sample adjoint sums the "
+                "parameter gradient over the batch and keeps it out of error control; use adjoint_norm='seminorm'."
+            )
 
     # ------------------------------------------------------------ derived
     @property

@@ -23,6 +23,11 @@ host synchronisation and no data-dependent shapes, so the same code runs
 eagerly, in graphs and under XLA.
 
 The vector field receives ``t`` of shape ``[B]``, one time per sample.
+
+A ``quadrature`` accumulates a batch-summed integral along the solve (the
+per-sample adjoint's parameter gradient, ``tfode._adjoint_per_sample``): after
+every iteration it gets each sample's step and accept flag and returns
+increments that do not carry a batch axis, so its memory does not grow with B.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class _State(NamedTuple):
     num_fn_evals: Any
     status: Any  # [B] int32
     buffers: tuple  # each [N, B, ...]
+    integral: tuple  # the quadrature's running sums (empty without one)
 
 
 class _Problem(NamedTuple):
@@ -65,6 +71,7 @@ class _Problem(NamedTuple):
     atol: list
     controller: Any
     error_mask: Any
+    quadrature: Any
 
 
 def _rows_finite(leaves):
@@ -113,7 +120,7 @@ def _initial_state(p, y0, inputs_valid):
     zeros = tf.zeros([batch], tf.int32)
     return _State(t=t0, step=step0, y=tuple(y0), f=tuple(f0), memory=memory, index=zeros + 1, num_steps=zeros,
                   num_accepted=zeros, num_rejected=zeros, num_fn_evals=zeros + 1 + extra, status=status,
-                  buffers=tuple(buffers))  # fmt: skip
+                  buffers=tuple(buffers), integral=tuple(p.quadrature.initial) if p.quadrature else ())  # fmt: skip
 
 
 def _write_outputs(p, s, t1, y_start, y1, stages, accept):
@@ -175,6 +182,10 @@ def _loop_body(p, max_num_steps, s):
     active = active & ~redo
     accept = accept & active
     index, buffers = _write_outputs(p, s, t1, y_start, y1, stages, accept)
+    integral = s.integral
+    if p.quadrature is not None:
+        increments = p.quadrature.increments(s.t, t1, y_start, stages, accept)
+        integral = tuple(total + increment for total, increment in zip(s.integral, increments))
     counted = tf.cast(active, tf.int32)
     num_steps = s.num_steps + counted
     status = tf.where(active & tf.not_equal(failure, int(Status.RUNNING)), failure, s.status)
@@ -194,11 +205,12 @@ def _loop_body(p, max_num_steps, s):
         num_fn_evals=s.num_fn_evals + counted * p.tableau.fn_evals_per_step,
         status=status,
         buffers=buffers,
+        integral=integral,
     )
 
 
 def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_steps, *, inputs_valid=None,
-                         error_mask=None):  # fmt: skip
+                         error_mask=None, quadrature=None):  # fmt: skip
     """Integrate every sample of a batch on its own.
 
     Args:
@@ -208,17 +220,24 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
         tableau, rtol, atol, controller, max_num_steps, error_mask: as for ``integrate``;
             ``max_num_steps`` is each sample's budget.
         inputs_valid: optional ``[B]`` or scalar bool from in-graph validation.
+        quadrature: optional object with ``initial`` (a list of tensors) and
+            ``increments(t0, t1, y_start, stages, accept) -> list`` (same shapes as
+            ``initial``), called once per iteration with each sample's step
+            ``[t0, t1]`` (``[B]``), its start state and stages (rows of frozen samples
+            zeroed) and ``accept`` ``[B]``; its running sums are returned.
 
     Returns:
         ``(ys, stats)``: ``ys`` a list of ``[N, B, ...]`` tensors (NaN where a sample
-        did not reach a time) and ``stats`` a ``SolverStats`` of ``[B]`` tensors.
+        did not reach a time) and ``stats`` a ``SolverStats`` of ``[B]`` tensors;
+        with a ``quadrature``, ``(ys, stats, integral)``.
     """
     with tf.name_scope("integrate_per_sample"):
         num_times = t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
         direction = tf.sign(t[:, -1] - t[:, 0])
         direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
         p = _Problem(fn=fn, t=t, num_times=num_times, t_end=t[:, -1], direction=direction, tableau=tableau,
-                     rtol=rtol, atol=atol, controller=controller, error_mask=error_mask)  # fmt: skip
+                     rtol=rtol, atol=atol, controller=controller, error_mask=error_mask,
+                     quadrature=quadrature)  # fmt: skip
         state = _initial_state(p, y0, inputs_valid)
         (final,) = tf.while_loop(
             lambda s: tf.reduce_any(tf.equal(s.status, int(Status.RUNNING))),
@@ -228,4 +247,6 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
             maximum_iterations=2 * max_num_steps + 1,
         )
         stats = stats_from_loop(final)
+        if quadrature is not None:
+            return list(final.buffers), stats, list(final.integral)
         return list(final.buffers), stats

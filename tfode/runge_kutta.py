@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["linear_combination", "runge_kutta_step"]
+__all__ = ["linear_combination", "runge_kutta_step", "stage_inputs"]
 
 
 def linear_combination(weights, stages):
@@ -39,6 +39,28 @@ def _add_scaled(y, dt, weights, stages):
     return out
 
 
+def _stage_time(tableau, i, t0, t1):
+    """``t0 + c_i h``; the last stage of an FSAL tableau lands on ``t1`` exactly."""
+    if i == tableau.num_stages - 1 and tableau.fsal:
+        return t1
+    return t0 + tf.constant(tableau.c[i], t0.dtype) * (t1 - t0)
+
+
+def stage_inputs(tableau, t0, t1, y0, stages, i):
+    """The time and state at which stage ``i`` of a step was evaluated (recomputed from its stages).
+
+    Args:
+        tableau, t0, t1, y0: as for ``runge_kutta_step``.
+        stages: the step's stage derivatives, as ``runge_kutta_step`` returns them.
+        i: Python int stage index, ``0 <= i < tableau.num_stages``.
+
+    Returns:
+        ``(t_i, y_i)``: ``t0 + c_i h`` and the list of leaves ``y0 + h sum_{j<i} a_ij k_j``.
+    """
+    dt = tf.cast(t1 - t0, y0[0].dtype)
+    return _stage_time(tableau, i, t0, t1), _add_scaled(y0, dt, tableau.a[i], stages[:i])
+
+
 def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
     """Take one step of an explicit Runge–Kutta method.
 
@@ -65,9 +87,8 @@ def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
         dt_time = t1 - t0
         dt = tf.cast(dt_time, y0[0].dtype)
         stages = [list(f0)]
-        last = tableau.num_stages - 1
         for i in range(1, tableau.num_stages):
-            t_stage = t1 if (i == last and tableau.fsal) else t0 + tf.constant(tableau.c[i], dt_time.dtype) * dt_time
+            t_stage = _stage_time(tableau, i, t0, t1)
             y_stage = _add_scaled(y0, dt, tableau.a[i], stages)
             stages.append(list(fn(t_stage, y_stage)))
         y1 = _add_scaled(y0, dt, tableau.b, stages)

@@ -192,7 +192,14 @@ def solve(
         problem = prepare(func, y0, t, config, args, _allow_repeated_times)
         controller = config.forward_controller
         forward = (config.tableau, problem.rtol, problem.atol, controller, config.step_budget(problem.t))
-        if config.batch_axis is not None:
+        if config.adjoint:
+            ys, stats = adjoint_integrate(
+                problem.make_fn, problem.leaves, problem.t, problem.args, *forward,
+                _backward_solve(problem, raise_on_failure), inputs_valid=problem.inputs_valid,
+                backward_stats=backward_stats, per_sample=config.batch_axis is not None,
+            )  # fmt: skip
+            ys = [tf.convert_to_tensor(y) for y in ys]
+        elif config.batch_axis is not None:
             fn = problem.make_fn(problem.args)
             captured = captured_tensors(fn, problem.t[:, 0], problem.leaves, func=func)
             extra = [c for c in captured if all(c is not a for a in problem.args)]
@@ -200,12 +207,6 @@ def solve(
             ys, stats = integrate_per_sample(fn, problem.leaves, problem.t, *forward,
                                              inputs_valid=problem.inputs_valid)  # fmt: skip
             ys = [tf.convert_to_tensor(y) for y in ys]
-        elif config.adjoint:
-            ys, stats = adjoint_integrate(
-                problem.make_fn, problem.leaves, problem.t, problem.args, *forward,
-                _backward_solve(problem, raise_on_failure), inputs_valid=problem.inputs_valid,
-                backward_stats=backward_stats,
-            )  # fmt: skip
         else:
             fn = problem.make_fn(problem.args)
             # Backpropagation through the loop must not see rejected steps' NaN derivatives.
