@@ -59,6 +59,7 @@ WORKLOADS = {
     "W6": "w6_vdp_batch",
     "serving": "serving",
     "batch_independence": "batch_independence",
+    "W2-per-sample": "per_sample_gradient",
 }
 
 

@@ -120,12 +120,10 @@ def next_observed_gaps(times, step_observed):
 def solve_at_series_times(func, z0, times, solver):
     """Solve ``dz/dt = func(t, z)`` from ``z(0) = z0`` at shared or per-series times.
 
-    Shared times ``[Q]``: one solve of the batch. Per-series times ``[B, Q]``:
-    without the adjoint, a per-sample solve (``batch_axis=0``): each series steps
-    to its own times, so its result does not depend on the other series and the
-    cost grows linearly with the batch. With the adjoint (not yet per-sample), the
-    times are merged into one sorted grid (repeats allowed) solved once for the
-    batch, each series reading its own entries (the union-of-times approach).
+    Shared times ``[Q]``: one solve of the batch. Per-series times ``[B, Q]``: a
+    per-sample solve (``batch_axis=0``, with or without the adjoint): each series
+    steps to its own times, so its result does not depend on the other series and
+    the cost grows linearly with the batch (no union grid of all series' times).
 
     Args:
         func: vector field on ``[B, L]``; ``t`` is a scalar, or ``[B]`` per sample.
@@ -142,17 +140,7 @@ def solve_at_series_times(func, z0, times, solver):
         grid = tf.concat([zero, times], axis=0)
         solution = solve(func, z0, grid, solver.replace(batch_axis=None), _allow_repeated_times=True)
         return tf.transpose(solution.ys[1:], [1, 0, 2]), solution.stats
-    batch, length = tf.shape(times)[0], tf.shape(times)[1]
-    if not solver.adjoint:
-        rows = tf.concat([tf.zeros(tf.stack([batch, 1]), times.dtype), times], axis=1)
-        solution = solve(func, z0, rows, solver.replace(batch_axis=0))
-        return tf.transpose(solution.ys[1:], [1, 0, 2]), solution.stats
-    flat = tf.reshape(times, [-1])
-    order = tf.argsort(flat, stable=True)
-    grid = tf.concat([zero, tf.gather(flat, order)], axis=0)  # length 1 + B*Q, dynamic when B is
-    solution = solve(func, z0, grid, solver, _allow_repeated_times=True)
-    position = tf.math.invert_permutation(order) + 1  # row of each (series, query) in the grid
-    series = tf.repeat(tf.range(batch), length)
-    zs = tf.gather_nd(solution.ys, tf.stack([position, series], axis=1))
-    # Not [batch, length, -1]: with an empty batch the latent size could not be inferred.
-    return tf.reshape(zs, tf.concat([[batch, length], tf.shape(z0)[1:]], axis=0)), solution.stats
+    batch = tf.shape(times)[0]
+    rows = tf.concat([tf.zeros(tf.stack([batch, 1]), times.dtype), times], axis=1)
+    solution = solve(func, z0, rows, solver.replace(batch_axis=0))
+    return tf.transpose(solution.ys[1:], [1, 0, 2]), solution.stats
