@@ -83,7 +83,7 @@ def test_matches_finite_differences():
 
     eps = 1e-6
     rng = np.random.RandomState(2)
-    for trial in range(3):
+    for _ in range(3):
         dy = rng.normal(size=[B, D])
         fd = (loss(y0 + eps * dy, t) - loss(y0 - eps * dy, t)) / (2 * eps)
         np.testing.assert_allclose(np.sum(grads[0] * dy), fd, rtol=1e-5)

@@ -3,7 +3,8 @@
 Workload: W2's field and data (``../shared/bench/weights.npz``),
 ``f(t, y) = tanh(y @ W1.T + b1) @ W2.T + b2``, float32, batch 256, D = 2 (H = 64)
 and D = 32 (H = 256), dopri5, rtol = atol = 1e-5; every sample has its own end
-time ``T_b`` (uniform in [0.5, 2], seed 0), so a sample's step count is its own;
+time ``T_b`` (uniform in [0.5, 2], seed 0), so a sample's step count is its own
+(``--shared-end``: every ``T_b = 1``, W2's homogeneous batch);
 loss = sum_b sum(y_b(T_b)**2) / 256, gradient w.r.t. W1, b1, W2, b2.
 
 Implementations (each framework in its own process, one pinned thread; CPU medians):
@@ -41,9 +42,12 @@ def add_args(p):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--sizes", default="d2,d32")
     p.add_argument("--frameworks", default="tfode,torchode,diffrax")
+    p.add_argument("--shared-end", action="store_true", help="every sample ends at T = 1 (W2's homogeneous batch)")
 
 
-def end_times(batch, seed=0):
+def end_times(args, batch, seed=0):
+    if args.shared_end:
+        return np.ones(batch)
     return np.random.RandomState(seed).uniform(0.5, 2.0, size=batch).astype(np.float64)
 
 
@@ -52,10 +56,11 @@ def worker_tf(args, frameworks):
     import tfode
 
     out, grads = [], {}
-    for size in C.split_list(args.sizes):
+
+    def run_size(size):
         data = C.load_workload(size, args.weights)
         batch = data["y0"].shape[0]
-        ends64 = end_times(batch)
+        ends64 = end_times(args, batch)
 
         def make(dtype):
             params = [tf.Variable(data[k].astype(dtype), name=k) for k in ("W1", "b1", "W2", "b2")]
@@ -113,6 +118,9 @@ def worker_tf(args, frameworks):
             if r["size"] == size and r["impl"] in cpu:
                 r.update(cpu_ms=C.summary(cpu[r["impl"]])[0], wall_ms=C.summary(wall[r["impl"]])[0])
         grads[size] = ref.tolist()
+
+    for size in C.split_list(args.sizes):
+        run_size(size)
     return {"rows": out, "ref": grads, "versions": C.versions(tensorflow=tf)}
 
 
@@ -121,10 +129,11 @@ def worker_torch(args, frameworks):
     import torchode as to
 
     out = []
-    for size in C.split_list(args.sizes):
+
+    def run_size(size):
         data = C.load_workload(size, args.weights)
         batch = data["y0"].shape[0]
-        ends = torch.tensor(end_times(batch), dtype=torch.float32)
+        ends = torch.tensor(end_times(args, batch), dtype=torch.float32)
 
         class Field(torch.nn.Module):
             def __init__(self):
@@ -165,6 +174,9 @@ def worker_torch(args, frameworks):
         for name in calls:
             out.append(dict(size=size, impl=name, grad=grads[name].tolist(), cpu_ms=C.summary(cpu[name])[0],
                             wall_ms=C.summary(wall[name])[0]))  # fmt: skip
+
+    for size in C.split_list(args.sizes):
+        run_size(size)
     return {"rows": out, "versions": C.versions(torch=torch, torchode=to)}
 
 
@@ -172,11 +184,12 @@ def worker_jax(args, frameworks):
     jax, jnp, diffrax = C.jax_setup(False)
     field = C.jax_mlp_field(jnp)
     out = []
-    for size in C.split_list(args.sizes):
+
+    def run_size(size):
         data = C.load_workload(size, args.weights)
         batch = data["y0"].shape[0]
         params = tuple(jnp.asarray(data[k]) for k in ("W1", "b1", "W2", "b2"))
-        y0, ends = jnp.asarray(data["y0"]), jnp.asarray(end_times(batch), jnp.float32)
+        y0, ends = jnp.asarray(data["y0"]), jnp.asarray(end_times(args, batch), jnp.float32)
         adjoints = {
             "diffrax-vmap backsolve (jit)": diffrax.BacksolveAdjoint(),
             "diffrax-vmap checkpoint (jit)": diffrax.RecursiveCheckpointAdjoint(),
@@ -204,6 +217,9 @@ def worker_jax(args, frameworks):
         for name in calls:
             out.append(dict(size=size, impl=name, grad=grads[name].tolist(), cpu_ms=C.summary(cpu[name])[0],
                             wall_ms=C.summary(wall[name])[0]))  # fmt: skip
+
+    for size in C.split_list(args.sizes):
+        run_size(size)
     return {"rows": out, "versions": C.versions(jax=jax, diffrax=diffrax)}
 
 
@@ -223,7 +239,8 @@ def report(args, ctx):
         rows.extend(res["rows"])
         refs.update(res.get("ref", {}))
     lines = [
-        "W2-per-sample: W2's field, B = 256, float32, dopri5 rtol = atol = 1e-5, per-sample end times in [0.5, 2]; "
+        "W2-per-sample: W2's field, B = 256, float32, dopri5 rtol = atol = 1e-5, "
+        f"{'shared end time T = 1' if args.shared_end else 'per-sample end times in [0.5, 2]'}; "
         f"gradient of sum(y(T_b)^2)/B w.r.t. the weights; CPU ms medians of {args.repeats} interleaved calls",
         "",
         "| size | impl | CPU ms | wall ms | rel err | CPU / tfode per-sample adjoint (XLA) |",

@@ -23,11 +23,10 @@ Two sweeps, one client sending requests back to back:
   - ``inproc``: the same per-sample computation (``model.serving_outputs``) as
     an in-process ``tf.function``: the control for comparing with ``union``;
   - ``union``: the former union-of-times path as an in-process
-    ``tf.function``: encoder, then ``tfode.models._irregular.
-    solve_at_series_times`` with the model's solver and ``adjoint=True``
-    (which makes it merge the ``B x 20`` times into one sorted grid solved
-    once for the batch; evaluated forward only, that is the union-grid
-    forward), then decoder. ``inproc`` and ``union`` run a
+    ``tf.function``: encoder, then ``union_grid_solve`` (below; the library
+    no longer builds this grid), which merges the ``B x 20`` times into one
+    sorted grid solved jointly once for the batch (forward only, the
+    union-grid forward), then decoder. ``inproc`` and ``union`` run a
     ``savedmodels/regenerate.py`` model whose variables are assigned from the
     export's (``serving_variables``, same order), so all three paths use the
     same weights; the worker records the max abs difference of ``inproc``
@@ -143,13 +142,32 @@ def time_paths(calls, requests, num_timed, warmup):
     return out
 
 
+def union_grid_solve(tf, func, z0, times, solver):
+    """The former union-of-times path (tfode <= 0.2), kept here as the benchmark's control.
+
+    All series' query times ``[B, Q]`` are merged into one sorted grid (repeats allowed)
+    of length ``1 + B*Q``, solved jointly once for the batch from ``t = 0``; each series
+    reads its own entries. Returns ``(zs [B, Q, L], stats)``.
+    """
+    import tfode
+
+    batch, length = tf.shape(times)[0], tf.shape(times)[1]
+    flat = tf.reshape(times, [-1])
+    order = tf.argsort(flat, stable=True)
+    grid = tf.concat([tf.zeros([1], times.dtype), tf.gather(flat, order)], axis=0)
+    solution = tfode.solve(func, z0, grid, solver.replace(batch_axis=None), _allow_repeated_times=True)
+    position = tf.math.invert_permutation(order) + 1  # row of each (series, query) in the grid
+    series = tf.repeat(tf.range(batch), length)
+    zs = tf.gather_nd(solution.ys, tf.stack([position, series], axis=1))
+    return tf.reshape(zs, tf.concat([[batch, length], tf.shape(z0)[1:]], axis=0)), solution.stats
+
+
 def in_process_paths(tf, loaded):
     """``{"inproc": fn, "union": fn}``: ``tf.function``s over a regenerate.py latent ODE
     holding the export's weights (see the module docstring). ``fn(**request)``."""
     sys.path.insert(0, os.path.join(REPO, "savedmodels"))
     from regenerate import make_latent_ode
 
-    from tfode.models._irregular import solve_at_series_times
     from tfode.stats import batch_fn_evals
 
     model = make_latent_ode(adjoint=False)
@@ -161,7 +179,6 @@ def in_process_paths(tf, loaded):
         variable.assign(saved)
     specs = [tf.TensorSpec([None, None]), tf.TensorSpec([None, None, 2]), tf.TensorSpec([None, None, 2]),
              tf.TensorSpec([None, None])]  # fmt: skip
-    union_solver = model.solver.replace(adjoint=True)  # forces the union-of-times grid
 
     @tf.function(input_signature=specs, jit_compile=False, autograph=False)
     def inproc(observed_times, observed_values, observed_mask, query_times):
@@ -170,7 +187,7 @@ def in_process_paths(tf, loaded):
     @tf.function(input_signature=specs, jit_compile=False, autograph=False)
     def union(observed_times, observed_values, observed_mask, query_times):
         z0, _ = model.encoder(observed_times, observed_values, observed_mask, solver=model.encoder_solver)
-        zs, stats = solve_at_series_times(lambda t, z: model.field(t, z), z0, query_times, union_solver)
+        zs, stats = union_grid_solve(tf, lambda t, z: model.field(t, z), z0, query_times, model.solver)
         return {"mean": model.decoder(zs), "num_fn_evals": batch_fn_evals(stats)}
 
     return {"inproc": inproc, "union": union}
