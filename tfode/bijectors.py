@@ -155,7 +155,9 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
             ONCE per solve (resampling inside a solve makes the dynamics
             non-smooth and blows up NFE).
         solver: a ``tfode.SolverConfig`` (default ``tfode.config.DEFAULTS["ContinuousFlowBijector"]``:
-            dopri5, ``rtol = atol = 1e-5``, adjoint).
+            dopri5, ``rtol = atol = 1e-5``, adjoint). ``batch_axis=0`` solves every sample
+            on its own (own steps; its ``log_prob`` does not depend on the batch); the default
+            solves the batch jointly.
         method, rtol, atol, options, adjoint, adjoint_norm: conveniences that replace
             fields of ``solver`` (as in ``tfode.solve``).
 
@@ -291,16 +293,20 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
         ``solver``: ``None`` or a ``SolverConfig`` replacing the bijector's.
         """
         _check_event("x" if t_start == self._t0 else "y", z, self._trace)
+        config = self._solver if solver is None else as_config(solver)
+        shape = tf.shape(z)
+        if config.batch_axis is not None:
+            # Per sample: every event of any batch shape [...] is one sample of a flat batch.
+            z = tf.reshape(z, tf.stack([-1, shape[-1]]))
         noise = self._draw_noise(z)
         dynamics = _augmented_dynamics(self._vector_field, self._trace, noise, regularize, self.validate_args)
         zeros = tf.zeros(tf.shape(z)[:-1], z.dtype)
         state = (z, zeros, zeros, zeros) if regularize else (z, zeros)
         times = tf.constant([t_start, t_end], dtype=tf.float64 if z.dtype == tf.float64 else tf.float32)
-        config = self._solver if solver is None else as_config(solver)
         backward_stats = self._backward_stats if config.adjoint else None
         solution = solve(dynamics, state, times, config, backward_stats=backward_stats)
         record_stats(self._solve_stats, solution.stats)
-        final = tf.nest.map_structure(lambda x: x[-1], solution.ys)
+        final = [tf.reshape(x[-1], shape if i == 0 else shape[:-1]) for i, x in enumerate(solution.ys)]
         regularization = {}
         if regularize:
             # Integrated backwards the accumulators are negative; report magnitudes.

@@ -67,6 +67,9 @@ class ODELayer(keras.layers.Layer):
         vector_field: a Keras layer computing ``dy/dt`` from ``(t, y)`` with ``y``'s shape.
         t0, t1: integration interval (ignored when ``times`` is given).
         solver: a ``tfode.SolverConfig`` (default ``tfode.config.DEFAULTS["ODELayer"]``).
+            ``SolverConfig(batch_axis=0)`` solves every row of the batch on its own (own
+            steps, status and counters ``[B]``; with or without the adjoint), so a row's
+            output does not depend on its batch-mates; the default solves the batch jointly.
         times: optional strictly monotone output times, ``len >= 2``.
         return_sequences: with ``times``, return every time instead of the last.
         method, rtol, atol, adjoint, options, adjoint_method, adjoint_rtol,
