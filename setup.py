@@ -26,7 +26,9 @@ setup(
         # to import with mujoco 4.0.0, so both are pinned to a pair measured to work.
         "data": ["dm-control==1.0.50", "mujoco==3.17.0"],
         # Peers for benchmarks; torch==2.13.0 is the CPU build available offline here.
-        "bench": ["scipy>=1.11,<2", "torch==2.13.0", "torchdiffeq>=0.2.4", "torchode>=1.0,<2", "jax>=0.4.30", "diffrax>=0.6"],
+        "bench": [
+            "scipy>=1.11,<2", "torch==2.13.0", "torchdiffeq>=0.2.4", "torchode>=1.0,<2", "jax>=0.4.30", "diffrax>=0.6",
+        ],
     },
     license="Apache-2.0",
     classifiers=[
