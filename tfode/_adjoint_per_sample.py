@@ -35,7 +35,7 @@ import tensorflow as tf
 from tfode.controllers import PIController
 from tfode.per_sample import integrate_per_sample
 from tfode.runge_kutta import along_batch, stage_inputs
-from tfode.solution import SolverStats, Status
+from tfode.solution import SolverStats, Status, add_segment_stats
 
 __all__ = ["backward_per_sample"]
 
@@ -149,15 +149,7 @@ def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, ini
         )  # fmt: skip
         adj = [s[-1] for s in states[num_leaves:]]
         acc = [total + increment for total, increment in zip(acc, increments)]
-        nfe, steps, status, t_fail, step_fail = counters
-        first_failure = tf.equal(status, int(Status.SUCCESS)) & tf.not_equal(stats.status, int(Status.SUCCESS))
-        counters = (
-            nfe + stats.num_fn_evals + 1,
-            steps + stats.num_steps,
-            tf.maximum(status, stats.status),
-            tf.where(first_failure, stats.t_reached, t_fail),
-            tf.where(first_failure, stats.step_size, step_fail),
-        )
+        counters = add_segment_stats(counters, stats)
         step = tf.where(stats.step_size > 0, stats.step_size, step)
         return i - 1, adj, acc, grad_t, step, counters
 

@@ -37,7 +37,7 @@ from tfode._tf_compat import stop_recording
 from tfode.controllers import PIController
 from tfode.integrate import integrate
 from tfode.per_sample import integrate_per_sample
-from tfode.solution import SolverStats, Status, raise_on_failure
+from tfode.solution import SolverStats, Status, add_segment_stats, raise_on_failure
 from tfode.stats import record_stats
 
 __all__ = ["BackwardSolve", "adjoint_integrate"]
@@ -266,15 +266,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
         adj = final[num_leaves : 2 * num_leaves]
         acc = final[2 * num_leaves :]
         step = tf.where(stats.step_size > 0, stats.step_size, step)
-        nfe, steps, status, t_fail, step_fail = counters
-        first_failure = tf.equal(status, int(Status.SUCCESS)) & tf.not_equal(stats.status, int(Status.SUCCESS))
-        counters = (
-            nfe + stats.num_fn_evals + 1,
-            steps + stats.num_steps,
-            tf.maximum(status, stats.status),
-            tf.where(first_failure, stats.t_reached, t_fail),
-            tf.where(first_failure, stats.step_size, step_fail),
-        )
+        counters = add_segment_stats(counters, stats)
         return i - 1, adj, acc, grad_t, step, counters
 
     if t.shape[0] is None or t.shape[0] > 1:

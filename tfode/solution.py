@@ -119,6 +119,26 @@ class SolverStats(NamedTuple):
     step_size: Any
 
 
+def add_segment_stats(counters, stats):
+    """An adjoint's backward counters after one more segment (internal).
+
+    Args:
+        counters: ``(evaluations, steps, worst status, time and step size of the first
+            failure)``, scalars or ``[B]`` per sample.
+        stats: the segment's ``SolverStats``; one more evaluation of ``f`` (at the
+            segment's output time) is counted with it.
+    """
+    nfe, steps, status, t_fail, step_fail = counters
+    first_failure = tf.equal(status, int(Status.SUCCESS)) & tf.not_equal(stats.status, int(Status.SUCCESS))
+    return (
+        nfe + stats.num_fn_evals + 1,
+        steps + stats.num_steps,
+        tf.maximum(status, stats.status),
+        tf.where(first_failure, stats.t_reached, t_fail),
+        tf.where(first_failure, stats.step_size, step_fail),
+    )
+
+
 def stats_from_loop(final):
     """The ``SolverStats`` of a finished integration loop state (the fields of the same names, ``step`` as
     ``step_size`` and ``t`` as ``t_reached``)."""
