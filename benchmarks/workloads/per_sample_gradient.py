@@ -124,6 +124,13 @@ def worker_tf(args, frameworks):
     return {"rows": out, "ref": grads, "versions": C.versions(tensorflow=tf)}
 
 
+def _timed_rows(size, calls, grads, repeats):
+    """One report row per peer implementation: its gradient and CPU/wall medians of interleaved calls."""
+    wall, cpu = C.time_interleaved(calls, repeats)
+    return [dict(size=size, impl=name, grad=grads[name].tolist(), cpu_ms=C.summary(cpu[name])[0],
+                 wall_ms=C.summary(wall[name])[0]) for name in calls]  # fmt: skip
+
+
 def worker_torch(args, frameworks):
     torch = C.pin_torch()
     import torchode as to
@@ -170,10 +177,7 @@ def worker_torch(args, frameworks):
                 out.append(dict(size=size, impl=name, error=f"{type(err).__name__}: {str(err)[:160]}"))
                 continue
             calls[name] = call
-        wall, cpu = C.time_interleaved(calls, args.repeats)
-        for name in calls:
-            out.append(dict(size=size, impl=name, grad=grads[name].tolist(), cpu_ms=C.summary(cpu[name])[0],
-                            wall_ms=C.summary(wall[name])[0]))  # fmt: skip
+        out.extend(_timed_rows(size, calls, grads, args.repeats))
 
     for size in C.split_list(args.sizes):
         run_size(size)
@@ -213,10 +217,7 @@ def worker_jax(args, frameworks):
 
             grads[name] = call()
             calls[name] = call
-        wall, cpu = C.time_interleaved(calls, args.repeats)
-        for name in calls:
-            out.append(dict(size=size, impl=name, grad=grads[name].tolist(), cpu_ms=C.summary(cpu[name])[0],
-                            wall_ms=C.summary(wall[name])[0]))  # fmt: skip
+        out.extend(_timed_rows(size, calls, grads, args.repeats))
 
     for size in C.split_list(args.sizes):
         run_size(size)
