@@ -111,7 +111,7 @@ def _store(p, max_num_steps, state, stride, slots, num_spans=None):
 
 
 def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller, max_num_steps, *,
-                           inputs_valid=None, error_mask=None, base_steps=BASE_STEPS):  # fmt: skip
+                           inputs_valid=None, error_mask=None, base_steps=None):  # fmt: skip
     """``integrate`` whose gradient re-runs the loop from checkpoints (for XLA; see the module docstring).
 
     Args:
@@ -120,7 +120,8 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
             as for ``integrate``.
         captures: floating tensors ``fn`` reads from its enclosing scope (``args`` and
             ``captured_tensors``): they receive gradients like ``y0`` and ``t``.
-        base_steps: Python int, steps re-run under a tape at a time (``C``).
+        base_steps: Python int, steps re-run under a tape at a time (``C``; default ``BASE_STEPS``,
+            read when the solve is traced).
 
     Returns:
         ``(ys, stats)`` as ``integrate`` returns them; ``ys`` carries the custom gradient.
@@ -128,7 +129,7 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
     num_leaves = len(y0)
     known = [*y0, t]
     captures = [c for c in captures if all(c is not k for k in known)]
-    base, span, top_slots = spans(max_num_steps, base_steps)
+    base, span, top_slots = spans(max_num_steps, BASE_STEPS if base_steps is None else base_steps)
     fan = span // base
     results = []
 
