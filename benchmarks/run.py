@@ -53,6 +53,7 @@ WORKLOADS = {
     "W1-nfe": "w1_nfe_variants",
     "W1-cost": "w1_step_cost",
     "W2": "w2_gradient",
+    "W2-direct": "w2_direct_xla",
     "W3": "w3_cnf",
     "W4": "w4_memory",
     "W5": "w5_keras_fit",

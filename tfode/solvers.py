@@ -149,8 +149,9 @@ def solve(
             Defaults ``1e-6`` and ``1e-8``.
         options: dict with any of ``first_step``, ``min_step``, ``max_step``,
             ``max_num_steps`` (Python int, default 10000, counts attempted
-            steps; with ``adjoint=False`` under XLA it also sizes the gradient
-            buffers, so keep it small there), ``step_size`` (fixed-step
+            steps; with ``adjoint=False`` under XLA the gradient re-runs the
+            loop from ``O(sqrt(max_num_steps))`` stored states, so its cost
+            follows the steps taken, see ``tfode/checkpoint.py``), ``step_size`` (fixed-step
             methods; without it they step on the grid of ``t``), ``safety``,
             ``min_factor``, ``max_factor`` (see ``tfode.controllers.PIController``).
         args: tuple of extra tensors passed to ``func`` and differentiated.
