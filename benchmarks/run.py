@@ -52,6 +52,7 @@ WORKLOADS = {
     "W1": "w1_forward",
     "W1-nfe": "w1_nfe_variants",
     "W1-cost": "w1_step_cost",
+    "W1-ops": "w1_graph_ops",
     "W2": "w2_gradient",
     "W2-direct": "w2_direct_xla",
     "W3": "w3_cnf",
