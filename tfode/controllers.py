@@ -300,8 +300,9 @@ class ConstantStepSize(StepSizeController):
         """The exact step count when ``t`` and ``step_size`` are static.
 
         It bounds the loop, and under XLA it sizes the buffers that backpropagation
-        through the loop (``adjoint=False``) preallocates, so a tight bound saves
-        memory (10 000 default steps of a [8, 256] state cost ~300 MiB).
+        through the per-sample loop (``adjoint=False``) preallocates, and the number
+        of checkpoints of the joint loop's, so a tight bound saves memory (10 000
+        default steps of a [8, 256] state cost ~300 MiB in the per-sample loop).
         """
         times = _static_values(t)
         if times is None or tf.is_tensor(self.step_size):

@@ -67,7 +67,7 @@ def _time_at(p, index):
     return tf.gather(p.t, tf.minimum(index, p.num_times - 1))
 
 
-def _initial_state(p, y0, inputs_valid):
+def initial_state(p, y0, inputs_valid):
     """Evaluate ``f(t0, y0)``, pick the first step, set up buffers and counters."""
     t0 = p.t[0]
     f0 = list(p.fn(t0, y0))
@@ -164,7 +164,7 @@ def _loop_body(p, max_num_steps, s):
     )
 
 
-def _collect_outputs(p, y0, final):
+def collect_outputs(p, y0, final):
     """``[T, *leaf.shape]`` outputs; times the solve did not reach hold NaN."""
     if not p.dense:
         reached = final.index >= p.num_times
@@ -178,6 +178,43 @@ def _collect_outputs(p, y0, final):
     _, buffers = tf.while_loop(lambda index, _: index < p.num_times, body, (final.index, final.buffers),
                                maximum_iterations=p.num_times)  # fmt: skip
     return [b.stack() for b in buffers]
+
+
+def make_problem(fn, t, tableau, rtol, atol, controller, error_mask=None):
+    """The loop's ``_Problem`` for the times ``t`` (arguments as for ``integrate``; internal)."""
+    static_times = t.shape[0]  # None: a dynamic number of output times (graph mode)
+    num_times = static_times if static_times is not None else tf.shape(t)[0]
+    direction = tf.sign(t[-1] - t[0])
+    direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
+    # Every step sequence lands exactly on the last time, so only interior output
+    # times need dense output: with T <= 2 the loop carries no buffer.
+    dense = static_times is None or static_times > 2
+    return _Problem(fn=fn, t=t, num_times=num_times, t_end=t[-1], direction=direction, tableau=tableau,
+                    rtol=rtol, atol=atol, controller=controller, error_mask=error_mask, dense=dense)  # fmt: skip
+
+
+def run_steps(p, state, max_num_steps, max_iterations, stop=None):
+    """Iterate ``_loop_body`` from ``state`` while the solve runs (internal).
+
+    Args:
+        p: the ``_Problem``; state: a ``_LoopState``.
+        max_num_steps: Python int, the solve's budget of attempted steps (ends it with
+            ``MAX_STEPS_REACHED``).
+        max_iterations: Python int, the while loop's ``maximum_iterations`` (under XLA
+            its gradient buffers have that many entries).
+        stop: optional int32 scalar: also stop once ``num_steps`` reaches it.
+
+    Returns:
+        The final ``_LoopState``.
+    """
+
+    def cond(s):
+        running = tf.equal(s.status, int(Status.RUNNING))
+        return running if stop is None else running & (s.num_steps < stop)
+
+    (final,) = tf.while_loop(cond, lambda s: (_loop_body(p, max_num_steps, s),), (state,),
+                             maximum_iterations=max_iterations)  # fmt: skip
+    return final
 
 
 def integrate(fn, y0, t, tableau, rtol, atol, controller, max_num_steps, *, inputs_valid=None, error_mask=None):
@@ -201,22 +238,9 @@ def integrate(fn, y0, t, tableau, rtol, atol, controller, max_num_steps, *, inpu
         ``stats`` a ``SolverStats``.
     """
     with tf.name_scope("integrate"):
-        static_times = t.shape[0]  # None: a dynamic number of output times (graph mode)
-        num_times = static_times if static_times is not None else tf.shape(t)[0]
-        direction = tf.sign(t[-1] - t[0])
-        direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
-        # Every step sequence lands exactly on the last time, so only interior output
-        # times need dense output: with T <= 2 the loop carries no buffer.
-        dense = static_times is None or static_times > 2
-        p = _Problem(fn=fn, t=t, num_times=num_times, t_end=t[-1], direction=direction, tableau=tableau,
-                     rtol=rtol, atol=atol, controller=controller, error_mask=error_mask, dense=dense)  # fmt: skip
-        state = _initial_state(p, y0, inputs_valid)
-        (final,) = tf.while_loop(
-            lambda s: tf.equal(s.status, int(Status.RUNNING)),
-            lambda s: (_loop_body(p, max_num_steps, s),),
-            (state,),
-            maximum_iterations=max_num_steps,
-        )
-        ys = _collect_outputs(p, y0, final)
+        p = make_problem(fn, t, tableau, rtol, atol, controller, error_mask)
+        state = initial_state(p, y0, inputs_valid)
+        final = run_steps(p, state, max_num_steps, max_num_steps)
+        ys = collect_outputs(p, y0, final)
         stats = stats_from_loop(final)
         return ys, stats

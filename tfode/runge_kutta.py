@@ -87,11 +87,16 @@ def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
         dt_time = t1 - t0
         dt = tf.cast(dt_time, y0[0].dtype)
         stages = [list(f0)]
+        last = tableau.num_stages - 1
+        # FSAL with the last row of `a` equal to `b` bit for bit: the last stage's state is y1, the same
+        # ops on the same inputs (b's zero last weight is skipped), so it is not computed twice.
+        reuse = tableau.fsal and tuple(tableau.a[last]) == tuple(tableau.b[:last]) and tableau.b[last] == 0.0
+        y_stage = None
         for i in range(1, tableau.num_stages):
             t_stage = _stage_time(tableau, i, t0, t1)
             y_stage = _add_scaled(y0, dt, tableau.a[i], stages)
             stages.append(list(fn(t_stage, y_stage)))
-        y1 = _add_scaled(y0, dt, tableau.b, stages)
+        y1 = y_stage if reuse else _add_scaled(y0, dt, tableau.b, stages)
         if tableau.fsal:
             f1 = stages[-1]
         else:

@@ -10,7 +10,9 @@ import tensorflow as tf
 from tfode import _validation as v
 from tfode._captures import captured_tensors, guard_nonfinite_gradients
 from tfode._complex import has_complex_leaves, solve_complex
+from tfode._tf_compat import in_xla_context
 from tfode.adjoint import BackwardSolve, adjoint_integrate
+from tfode.checkpoint import checkpointed_integrate
 from tfode.config import DEFAULT_MAX_NUM_STEPS, SolverConfig, as_config
 from tfode.integrate import integrate
 from tfode.per_sample import integrate_per_sample
@@ -147,8 +149,9 @@ def solve(
             Defaults ``1e-6`` and ``1e-8``.
         options: dict with any of ``first_step``, ``min_step``, ``max_step``,
             ``max_num_steps`` (Python int, default 10000, counts attempted
-            steps; with ``adjoint=False`` under XLA it also sizes the gradient
-            buffers, so keep it small there), ``step_size`` (fixed-step
+            steps; with ``adjoint=False`` under XLA the gradient re-runs the
+            loop from ``O(sqrt(max_num_steps))`` stored states, so its cost
+            follows the steps taken, see ``tfode/checkpoint.py``), ``step_size`` (fixed-step
             methods; without it they step on the grid of ``t``), ``safety``,
             ``min_factor``, ``max_factor`` (see ``tfode.controllers.PIController``).
         args: tuple of extra tensors passed to ``func`` and differentiated.
@@ -213,7 +216,13 @@ def solve(
             captured = captured_tensors(fn, problem.t[0], problem.leaves, func=func)
             extra = [c for c in captured if all(c is not a for a in problem.args)]
             fn = guard_nonfinite_gradients(fn, problem.args + extra)
-            ys, stats = integrate(fn, problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid)
+            if in_xla_context():
+                # XLA sizes a while loop's gradient buffers by its maximum_iterations: re-run the
+                # loop from checkpoints instead, at the cost of the steps taken.
+                ys, stats = checkpointed_integrate(fn, problem.leaves, problem.t, problem.args + extra, *forward,
+                                                   inputs_valid=problem.inputs_valid)  # fmt: skip
+            else:
+                ys, stats = integrate(fn, problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid)
         if raise_on_failure:
             ys = raise_on_failure_(ys, stats, problem.t[..., -1])
         return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
