@@ -183,16 +183,19 @@ def test_rejected_nan_trial_step_does_not_poison_the_xla_direct_gradient(monkeyp
     np.testing.assert_allclose(float(dy0), 0.25, rtol=1e-5)
 
 
-def test_xla_gradient_buffers_do_not_scale_with_the_budget():
+@pytest.mark.parametrize("batch_axis", [None, 0], ids=["joint", "per_sample"])
+def test_xla_gradient_buffers_do_not_scale_with_the_budget(batch_axis):
     """The lowered HLO of a direct gradient at a budget of 10^6 steps holds no array with >= 10^4 entries
-    along any axis (the plain loop's gradient stacks had 10^6); checkpoints are O(sqrt(budget))."""
+    along any axis (the plain loop's gradient stacks had 10^6, per sample 2 * 10^6 + 1); checkpoints are
+    O(sqrt(budget))."""
     budget = 1_000_000
+    config = tfode.SolverConfig(max_num_steps=budget, batch_axis=batch_axis)
 
     @tf.function(jit_compile=True)
     def run(y0, t):
         with tf.GradientTape() as tape:
             tape.watch(y0)
-            y1 = tfode.odeint(lambda t, y: -y, y0, t, options={"max_num_steps": budget})[-1]
+            y1 = tfode.odeint(lambda t, y: -y, y0, t, config)[-1]
         return tape.gradient(y1, y0)
 
     args = (tf.constant([1.0, 2.0], F64), tf.constant([0.0, 1.0], F64))
@@ -200,3 +203,44 @@ def test_xla_gradient_buffers_do_not_scale_with_the_budget():
     hlo = run.experimental_get_compiler_ir(*args)(stage="hlo")
     dims = [int(d) for shape in re.findall(r"\[([0-9,]+)\]", hlo) for d in shape.split(",") if d]
     assert max(dims) < 10_000, max(dims)
+
+
+def test_per_sample_xla_direct_gradient_equals_graph_mode(monkeypatch):
+    """Per sample (``batch_axis=0``), with per-sample times (one row padded by repeating its last time),
+    a sample with NaN dynamics beside the others, rejected steps and several spans: the checkpointed XLA
+    gradient equals graph mode's for every input."""
+    monkeypatch.setattr(checkpoint, "BASE_STEPS", 2)
+    # Row 2 takes the square root of a negative number at its start and fails alone (it stays finite
+    # at the zero state it is frozen at).
+    mu = tf.constant([0.5, 3.0, -1.0, 2.0], F64)
+    w = tf.Variable([[0.3, -0.2], [0.1, 0.4]], dtype=F64)
+
+    def field(t, y, scale):
+        x, v = y[:, 0], y[:, 1]
+        damping = tf.sqrt(1 + mu * x**2) * (1 - x**2) * v
+        return scale * tf.stack([v, damping - x], axis=1) + tf.matmul(y, w) * t[:, None]
+
+    y0 = tf.constant([[2.0, 0.0], [1.0, 0.5], [2.0, 0.0], [2.0, -0.5]], F64)
+    t = tf.constant([[0.0, 0.5, 1.0, 2.0], [0.0, 0.7, 0.7, 0.7], [0.0, 0.2, 0.4, 0.6], [0.0, 1.0, 1.5, 2.0]], F64)
+    scale = tf.constant(1.1, F64)
+    config = tfode.SolverConfig(rtol=1e-8, atol=1e-8, batch_axis=0, max_num_steps=100,
+                                controller=tfode.PIController(first_step=1.0))  # fmt: skip
+
+    def gradients(y0, t, scale):
+        with tf.GradientTape() as tape:
+            tape.watch([y0, t, scale])
+            sol = tfode.solve(field, y0, t, config, args=(scale,), raise_on_failure=False)
+            ok = tf.gather(sol.ys, [0, 1, 3], axis=1)  # the samples that succeed
+            loss = tf.reduce_sum(ok * tf.range(1.0, 5.0, dtype=F64)[:, None, None] ** 2)
+        return tape.gradient(loss, [y0, t, scale, w]), sol.stats
+
+    graph, stats_g = tf.function(gradients)(y0, t, scale)
+    xla, stats_x = tf.function(gradients, jit_compile=True)(y0, t, scale)
+    np.testing.assert_array_equal(stats_x.status.numpy(), stats_g.status.numpy())
+    assert list(stats_x.status.numpy() != 0) == [False, False, True, False]
+    np.testing.assert_array_equal(stats_x.num_steps.numpy(), stats_g.num_steps.numpy())
+    assert int(tf.reduce_sum(stats_x.num_rejected)) >= 1
+    assert int(tf.reduce_max(stats_x.num_steps)) > 2 * checkpoint.spans(2 * 100 + 1, 2)[1]  # several spans
+    for name, g, x in zip(["y0", "t", "arg", "variable"], graph, xla, strict=True):
+        assert np.all(np.isfinite(x.numpy())), name
+        _assert_close(x, g, 1e-9, name)

@@ -37,13 +37,15 @@ the checkpoints of the spans, and one forward + backward through the steps taken
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-from tfode.integrate import collect_outputs, initial_state, make_problem, run_steps
+from tfode import integrate as joint_loop
+from tfode import per_sample as per_sample_loop
 from tfode.solution import Status, stats_from_loop
 
-__all__ = ["BASE_STEPS", "checkpointed_integrate", "spans"]
+__all__ = ["BASE_STEPS", "JOINT", "PER_SAMPLE", "Loop", "checkpointed_integrate", "spans"]
 
 # Steps re-run under a tape at a time. Under XLA each costs its intermediates in
 # the gradient buffers (~0.5 MB per dopri5 step for a [256, 64]-hidden MLP field):
@@ -69,7 +71,7 @@ def _differentiable(carry):
     return [carry.t, *carry.y, *carry.f]
 
 
-def _zero_buffers(p, like):
+def _joint_zero_buffers(p, like):
     if not p.dense:
         return ()
     return tuple(
@@ -80,7 +82,42 @@ def _zero_buffers(p, like):
     )
 
 
-def _store(p, max_num_steps, state, stride, slots, num_spans=None):
+class Loop(NamedTuple):
+    """The pieces of an integration loop that checkpointing re-runs.
+
+    Attributes:
+        make_problem: ``(fn, t, tableau, rtol, atol, controller, error_mask) -> problem``.
+        initial_state: ``(problem, y0, inputs_valid) -> state``.
+        run_steps: ``(problem, state, max_num_steps, max_iterations, stop) -> state``.
+        collect_outputs: ``(problem, y0, final) -> ys``.
+        zero_buffers: ``(problem, like) -> buffers`` of zeros.
+        buffer_values: ``state -> list`` of the output buffers as tensors.
+        max_iterations: ``max_num_steps -> int``, the loop's iteration bound.
+        iterations: ``state -> int32`` loop iterations so far.
+        running: ``state -> bool`` scalar, whether the solve goes on.
+    """
+
+    make_problem: Any
+    initial_state: Any
+    run_steps: Any
+    collect_outputs: Any
+    zero_buffers: Any
+    buffer_values: Any
+    max_iterations: Any
+    iterations: Any
+    running: Any
+
+
+JOINT = Loop(joint_loop.make_problem, joint_loop.initial_state, joint_loop.run_steps, joint_loop.collect_outputs,
+             _joint_zero_buffers, lambda s: [b.stack() for b in s.buffers], lambda n: n,
+             lambda s: s.num_steps, lambda s: tf.equal(s.status, int(Status.RUNNING)))  # fmt: skip
+PER_SAMPLE = Loop(per_sample_loop.make_problem, per_sample_loop.initial_state, per_sample_loop.run_steps,
+                  per_sample_loop.collect_outputs, per_sample_loop.zero_buffers, lambda s: list(s.buffers),
+                  per_sample_loop.max_iterations, lambda s: s.iteration,
+                  lambda s: tf.reduce_any(tf.equal(s.status, int(Status.RUNNING))))  # fmt: skip
+
+
+def _store(loop, p, max_num_steps, state, stride, slots, num_spans=None):
     """Run from ``state`` in spans of ``stride`` steps, storing the state at each span's start.
 
     Args:
@@ -96,13 +133,13 @@ def _store(p, max_num_steps, state, stride, slots, num_spans=None):
 
     def cond(k, s, arrays):
         if num_spans is None:
-            return tf.equal(s.status, int(Status.RUNNING))
+            return loop.running(s)
         return k < num_spans
 
     def body(k, s, arrays):
         arrays = [a.write(k, x) for a, x in zip(arrays, tf.nest.flatten(_carry(s)))]
         run = stride if num_spans is None else tf.where(k < num_spans - 1, stride, 0)
-        s = run_steps(p, s, max_num_steps, stride, stop=s.num_steps + run)
+        s = loop.run_steps(p, s, max_num_steps, stride, stop=loop.iterations(s) + run)
         return k + 1, s, arrays
 
     count, final, arrays = tf.while_loop(cond, body, (tf.constant(0, tf.int32), state, arrays),
@@ -111,7 +148,7 @@ def _store(p, max_num_steps, state, stride, slots, num_spans=None):
 
 
 def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller, max_num_steps, *,
-                           inputs_valid=None, error_mask=None, base_steps=None):  # fmt: skip
+                           inputs_valid=None, error_mask=None, base_steps=None, loop=JOINT):  # fmt: skip
     """``integrate`` whose gradient re-runs the loop from checkpoints (for XLA; see the module docstring).
 
     Args:
@@ -122,6 +159,7 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
             ``captured_tensors``): they receive gradients like ``y0`` and ``t``.
         base_steps: Python int, steps re-run under a tape at a time (``C``; default ``BASE_STEPS``,
             read when the solve is traced).
+        loop: ``JOINT`` (``tfode.integrate``) or ``PER_SAMPLE`` (``tfode.per_sample``; ``t`` ``[B, N]``).
 
     Returns:
         ``(ys, stats)`` as ``integrate`` returns them; ``ys`` carries the custom gradient.
@@ -129,20 +167,21 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
     num_leaves = len(y0)
     known = [*y0, t]
     captures = [c for c in captures if all(c is not k for k in known)]
-    base, span, top_slots = spans(max_num_steps, BASE_STEPS if base_steps is None else base_steps)
+    base_steps = BASE_STEPS if base_steps is None else base_steps
+    base, span, top_slots = spans(loop.max_iterations(max_num_steps), base_steps)
     fan = span // base
     results = []
 
     def problem(t_grid):
-        return make_problem(fn, t_grid, tableau, rtol, atol, controller, error_mask)
+        return loop.make_problem(fn, t_grid, tableau, rtol, atol, controller, error_mask)
 
     @tf.custom_gradient
     def solve_forward(*inputs):
         y0_in, t_in = list(inputs[:num_leaves]), inputs[num_leaves]
         p = problem(t_in)
-        state = initial_state(p, y0_in, inputs_valid)
-        final, checkpoints, count = _store(p, max_num_steps, state, span, top_slots)
-        ys = collect_outputs(p, y0_in, final)
+        state = loop.initial_state(p, y0_in, inputs_valid)
+        final, checkpoints, count = _store(loop, p, max_num_steps, state, span, top_slots)
+        ys = loop.collect_outputs(p, y0_in, final)
         results.append(stats_from_loop(final))
         template = _carry(final)
 
@@ -157,9 +196,9 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
                 with tf.GradientTape() as tape:
                     tape.watch(sources + params)
                     q = problem(t_in)
-                    s = carry._replace(buffers=_zero_buffers(q, carry.y))
-                    end = run_steps(q, s, max_num_steps, base, stop=carry.num_steps + num)
-                    outs = _differentiable(end) + [b.stack() for b in end.buffers]
+                    s = carry._replace(buffers=loop.zero_buffers(q, carry.y))
+                    end = loop.run_steps(q, s, max_num_steps, base, stop=loop.iterations(carry) + num)
+                    outs = _differentiable(end) + loop.buffer_values(end)
                 out_grads = list(g) + (cotangents if q.dense else [])
                 grads = tape.gradient(outs, sources + params, output_gradients=out_grads,
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
@@ -169,9 +208,9 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
             def span_vjp(carry, num, g, acc):
                 # Store a checkpoint every C steps of the span, then pull back group by group.
                 q = problem(t_in)
-                s = carry._replace(buffers=_zero_buffers(q, carry.y))
+                s = carry._replace(buffers=loop.zero_buffers(q, carry.y))
                 groups = (num + base - 1) // base
-                _, points, _ = _store(q, max_num_steps, s, base, fan, num_spans=groups)
+                _, points, _ = _store(loop, q, max_num_steps, s, base, fan, num_spans=groups)
                 return _reverse(base_vjp, points, groups, base, num, g, acc, fan)
 
             def _reverse(vjp, points, count, stride, total, g, acc, slots):
@@ -192,14 +231,13 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
                 g_y = [tf.where(reached, c[1], tf.zeros_like(c[1])) for c in cotangents]
             g = [tf.zeros_like(final.t), *g_y, *[tf.zeros_like(f) for f in final.f]]
             acc = [tf.zeros_like(x) for x in params]
-            g, acc = _reverse(span_vjp, checkpoints, count, span, final.num_steps, g, acc, top_slots)
+            g, acc = _reverse(span_vjp, checkpoints, count, span, loop.iterations(final), g, acc, top_slots)
 
-            # The initial state's differentiable part: t[0], y0 and f(t[0], y0) (the first step
-            # size is stop_gradient-ed).
+            # The initial state's differentiable part: its time, state and f (``f(t[0], y0)``;
+            # the first step size is stop_gradient-ed), recomputed under a tape.
             with tf.GradientTape() as tape:
                 tape.watch(y0_in + params)
-                t0 = t_in[0]
-                outs = [t0, *y0_in, *fn(t0, y0_in)]
+                outs = _differentiable(_carry(loop.initial_state(problem(t_in), y0_in, inputs_valid)))
             grads = tape.gradient(outs, y0_in + params, output_gradients=g,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
             grads = [tf.convert_to_tensor(x) for x in grads]

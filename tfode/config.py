@@ -94,9 +94,9 @@ class SolverConfig:
             adaptive methods and ``StepToOutputTimes()`` for fixed-step ones.
         max_num_steps: budget of attempted steps (Python int); ``None``: 10 000, or
             the exact count for fixed steps over static times. Under XLA with
-            ``adjoint=False`` the joint solve's gradient keeps ``O(sqrt(max_num_steps))``
-            checkpoints (``tfode/checkpoint.py``); the per-sample loop's gradient
-            buffers still have ``max_num_steps`` entries.
+            ``adjoint=False`` the gradient (joint or per sample) keeps
+            ``O(sqrt(max_num_steps))`` checkpoints (``tfode/checkpoint.py``), so it costs
+            the steps taken, not the budget.
         adjoint: gradients by the adjoint method (a backward solve, memory flat in
             the number of steps) instead of backpropagation through the loop.
         adjoint_method, adjoint_rtol, adjoint_atol, adjoint_controller,

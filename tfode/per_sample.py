@@ -16,7 +16,11 @@ leaving ``f``'s domain) is discarded for every sample, and the samples whose
 stages were finite redo the identical step in the next iteration without counting
 it; so the whole-evaluation gradient guard (``tfode._captures``), which zeroes an
 evaluation's gradient when any of its outputs is not finite, never drops a
-contribution that an accepted step used. Output times may be
+contribution that an accepted step used. One limit remains: a failed sample's
+frozen row still enters ``f`` as zeros, and if ``f`` is not finite there (e.g.
+the NaN comes from that sample's own parameters, not its state), every later
+evaluation is non-finite and the guard drops its gradient for all samples; keep
+such a sample out of the batch, or make ``f`` finite at the zero state. Output times may be
 shared ``[N]`` or per sample ``[B, N]`` (each row monotone; pad shorter series by
 repeating their last time), written by a fixed-shape masked dense output: no
 host synchronisation and no data-dependent shapes, so the same code runs
@@ -41,7 +45,15 @@ from tfode.norms import scaled_error_ratio
 from tfode.runge_kutta import along_batch, runge_kutta_step
 from tfode.solution import Status, stats_from_loop
 
-__all__ = ["integrate_per_sample"]
+__all__ = [
+    "collect_outputs",
+    "initial_state",
+    "integrate_per_sample",
+    "make_problem",
+    "max_iterations",
+    "run_steps",
+    "zero_buffers",
+]
 
 
 class _State(NamedTuple):
@@ -58,6 +70,7 @@ class _State(NamedTuple):
     status: Any  # [B] int32
     buffers: tuple  # each [N, B, ...]
     integral: tuple  # the quadrature's running sums (empty without one)
+    iteration: Any  # int32 scalar: loop iterations so far
 
 
 class _Problem(NamedTuple):
@@ -72,6 +85,7 @@ class _Problem(NamedTuple):
     controller: Any
     error_mask: Any
     quadrature: Any
+    dense: bool = True  # every output time is written by dense output (the joint loop's flag)
 
 
 def _rows_finite(leaves):
@@ -89,7 +103,8 @@ def _next_output_time(p, index):
     return tf.gather(p.t, tf.minimum(index, p.num_times - 1), axis=1, batch_dims=1)
 
 
-def _initial_state(p, y0, inputs_valid):
+def initial_state(p, y0, inputs_valid):
+    """Evaluate ``f`` at the start, pick every sample's first step, set up buffers and counters (internal)."""
     t0 = p.t[:, 0]
     batch = tf.shape(t0)[0]
     given = y0
@@ -120,7 +135,8 @@ def _initial_state(p, y0, inputs_valid):
     zeros = tf.zeros([batch], tf.int32)
     return _State(t=t0, step=step0, y=tuple(y0), f=tuple(f0), memory=memory, index=zeros + 1, num_steps=zeros,
                   num_accepted=zeros, num_rejected=zeros, num_fn_evals=zeros + 1 + extra, status=status,
-                  buffers=tuple(buffers), integral=tuple(p.quadrature.initial) if p.quadrature else ())  # fmt: skip
+                  buffers=tuple(buffers), integral=tuple(p.quadrature.initial) if p.quadrature else (),
+                  iteration=tf.constant(0, tf.int32))  # fmt: skip
 
 
 def _write_outputs(p, s, t1, y_start, y1, stages, accept):
@@ -206,6 +222,7 @@ def _loop_body(p, max_num_steps, s):
         status=status,
         buffers=buffers,
         integral=integral,
+        iteration=s.iteration + 1,
     )
 
 
@@ -232,21 +249,54 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
         with a ``quadrature``, ``(ys, stats, integral)``.
     """
     with tf.name_scope("integrate_per_sample"):
-        num_times = t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
-        direction = tf.sign(t[:, -1] - t[:, 0])
-        direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
-        p = _Problem(fn=fn, t=t, num_times=num_times, t_end=t[:, -1], direction=direction, tableau=tableau,
-                     rtol=rtol, atol=atol, controller=controller, error_mask=error_mask,
-                     quadrature=quadrature)  # fmt: skip
-        state = _initial_state(p, y0, inputs_valid)
-        (final,) = tf.while_loop(
-            lambda s: tf.reduce_any(tf.equal(s.status, int(Status.RUNNING))),
-            lambda s: (_loop_body(p, max_num_steps, s),),
-            (state,),
-            # Each sample's budget is enforced by its own count; redone iterations (see above) are extra.
-            maximum_iterations=2 * max_num_steps + 1,
-        )
+        p = make_problem(fn, t, tableau, rtol, atol, controller, error_mask, quadrature)
+        state = initial_state(p, y0, inputs_valid)
+        final = run_steps(p, state, max_num_steps, max_iterations(max_num_steps))
         stats = stats_from_loop(final)
         if quadrature is not None:
-            return list(final.buffers), stats, list(final.integral)
-        return list(final.buffers), stats
+            return collect_outputs(p, y0, final), stats, list(final.integral)
+        return collect_outputs(p, y0, final), stats
+
+
+def max_iterations(max_num_steps):
+    """The loop's iteration bound for a per-sample budget: each sample's budget is enforced by its
+    own count, and redone iterations (see the module docstring) come on top."""
+    return 2 * max_num_steps + 1
+
+
+def make_problem(fn, t, tableau, rtol, atol, controller, error_mask=None, quadrature=None):
+    """The loop's ``_Problem`` for per-sample times ``t`` ``[B, N]`` (internal)."""
+    num_times = t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
+    direction = tf.sign(t[:, -1] - t[:, 0])
+    direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
+    return _Problem(fn=fn, t=t, num_times=num_times, t_end=t[:, -1], direction=direction, tableau=tableau,
+                    rtol=rtol, atol=atol, controller=controller, error_mask=error_mask,
+                    quadrature=quadrature)  # fmt: skip
+
+
+def run_steps(p, state, max_num_steps, max_iterations, stop=None):
+    """Iterate the loop body from ``state`` while any sample runs (internal).
+
+    Args:
+        max_num_steps: Python int, each sample's budget of attempted steps.
+        max_iterations: Python int, the while loop's ``maximum_iterations``.
+        stop: optional int32 scalar: also stop once ``state.iteration`` reaches it.
+    """
+
+    def cond(s):
+        running = tf.reduce_any(tf.equal(s.status, int(Status.RUNNING)))
+        return running if stop is None else running & (s.iteration < stop)
+
+    (final,) = tf.while_loop(cond, lambda s: (_loop_body(p, max_num_steps, s),), (state,),
+                             maximum_iterations=max_iterations)  # fmt: skip
+    return final
+
+
+def collect_outputs(p, y0, final):
+    """``[N, B, ...]`` outputs (NaN where a sample did not reach a time; internal)."""
+    return list(final.buffers)
+
+
+def zero_buffers(p, like):
+    """Output buffers of zeros ``[N, B, ...]`` for the leaves ``like`` (internal)."""
+    return tuple(tf.zeros(tf.concat([[p.num_times], tf.shape(leaf)], axis=0), leaf.dtype) for leaf in like)

@@ -39,11 +39,11 @@ def _add_scaled(y, dt, weights, stages):
     return out
 
 
-def _stage_time(tableau, i, t0, t1):
-    """``t0 + c_i h``; the last stage of an FSAL tableau lands on ``t1`` exactly."""
+def _stage_time(tableau, i, t0, t1, h):
+    """``t0 + c_i h`` (``h = t1 - t0``); the last stage of an FSAL tableau lands on ``t1`` exactly."""
     if i == tableau.num_stages - 1 and tableau.fsal:
         return t1
-    return t0 + tf.constant(tableau.c[i], t0.dtype) * (t1 - t0)
+    return t0 + tf.constant(tableau.c[i], t0.dtype) * h
 
 
 def stage_inputs(tableau, t0, t1, y0, stages, i):
@@ -57,8 +57,8 @@ def stage_inputs(tableau, t0, t1, y0, stages, i):
     Returns:
         ``(t_i, y_i)``: ``t0 + c_i h`` and the list of leaves ``y0 + h sum_{j<i} a_ij k_j``.
     """
-    dt = tf.cast(t1 - t0, y0[0].dtype)
-    return _stage_time(tableau, i, t0, t1), _add_scaled(y0, dt, tableau.a[i], stages[:i])
+    h = t1 - t0
+    return _stage_time(tableau, i, t0, t1, h), _add_scaled(y0, tf.cast(h, y0[0].dtype), tableau.a[i], stages[:i])
 
 
 def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
@@ -93,7 +93,7 @@ def runge_kutta_step(fn, tableau, t0, t1, y0, f0):
         reuse = tableau.fsal and tuple(tableau.a[last]) == tuple(tableau.b[:last]) and tableau.b[last] == 0.0
         y_stage = None
         for i in range(1, tableau.num_stages):
-            t_stage = _stage_time(tableau, i, t0, t1)
+            t_stage = _stage_time(tableau, i, t0, t1, dt_time)
             y_stage = _add_scaled(y0, dt, tableau.a[i], stages)
             stages.append(list(fn(t_stage, y_stage)))
         y1 = y_stage if reuse else _add_scaled(y0, dt, tableau.b, stages)

@@ -12,7 +12,7 @@ from tfode._captures import captured_tensors, guard_nonfinite_gradients
 from tfode._complex import has_complex_leaves, solve_complex
 from tfode._tf_compat import in_xla_context
 from tfode.adjoint import BackwardSolve, adjoint_integrate
-from tfode.checkpoint import checkpointed_integrate
+from tfode.checkpoint import PER_SAMPLE, checkpointed_integrate
 from tfode.config import DEFAULT_MAX_NUM_STEPS, SolverConfig, as_config
 from tfode.integrate import integrate
 from tfode.per_sample import integrate_per_sample
@@ -207,8 +207,12 @@ def solve(
             captured = captured_tensors(fn, problem.t[:, 0], problem.leaves, func=func)
             extra = [c for c in captured if all(c is not a for a in problem.args)]
             fn = guard_nonfinite_gradients(fn, problem.args + extra)
-            ys, stats = integrate_per_sample(fn, problem.leaves, problem.t, *forward,
-                                             inputs_valid=problem.inputs_valid)  # fmt: skip
+            if in_xla_context():  # as below: the gradient re-runs the loop from checkpoints
+                ys, stats = checkpointed_integrate(fn, problem.leaves, problem.t, problem.args + extra, *forward,
+                                                   inputs_valid=problem.inputs_valid, loop=PER_SAMPLE)  # fmt: skip
+            else:
+                ys, stats = integrate_per_sample(fn, problem.leaves, problem.t, *forward,
+                                                 inputs_valid=problem.inputs_valid)  # fmt: skip
             ys = [tf.convert_to_tensor(y) for y in ys]
         else:
             fn = problem.make_fn(problem.args)
