@@ -131,6 +131,13 @@ def observation_mask(times, values, num_observed, seed):
     return np.repeat(mask[..., None], 2, axis=-1)
 
 
+def observation_masks(times, split, num_observed, seed):
+    """``(train mask, test mask)`` of ``num_observed`` points per spiral (the seeds of the protocol)."""
+    train = observation_mask(times, split["train"]["values"], num_observed, seed=seed + num_observed)
+    test = observation_mask(times, split["test"]["values"], num_observed, seed=seed + 1000 + num_observed)
+    return train, test
+
+
 def rnn_features(times, values, mask):
     """Encoder features ``[x * mask, Δt since the previous observation]`` and the step mask ``[B, T]`` bool."""
     observed = mask[..., 0] > 0
@@ -165,12 +172,11 @@ def learning_rate(args):
     return keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps, alpha=0.1)
 
 
-def build_latent_ode(args):
-    import keras
-
+def latent_ode_model(adjoint=True):
+    """The latent ODE of this protocol (Chen's sizes), not compiled; ``savedmodels/regenerate.py`` uses it too."""
     import tfode
 
-    model = tfode.models.LatentODE(
+    return tfode.models.LatentODE(
         obs_dim=2,
         latent_dim=4,
         encoder="rnn",
@@ -178,8 +184,14 @@ def build_latent_ode(args):
         field_hidden=(20, 20),
         decoder_hidden=(20,),
         obs_std=0.3,
-        adjoint=True,
+        adjoint=adjoint,
     )
+
+
+def build_latent_ode(args):
+    import keras
+
+    model = latent_ode_model()
     model.compile(keras.optimizers.Adam(learning_rate(args)), jit_compile=False)
     return model
 
@@ -250,8 +262,7 @@ def run_one(num_observed, times, grid, split, models, args):
     import keras
 
     train, test = split["train"], split["test"]
-    train_mask = observation_mask(times, train["values"], num_observed, seed=args.seed + num_observed)
-    test_mask = observation_mask(times, test["values"], num_observed, seed=args.seed + 1000 + num_observed)
+    train_mask, test_mask = observation_masks(times, split, num_observed, args.seed)
     result = {"n": num_observed}
 
     latent, latent_init, rnn, rnn_init = models

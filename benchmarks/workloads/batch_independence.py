@@ -25,7 +25,7 @@ amplify such last-bit differences up to the solver tolerance).
 Inputs (float32):
 
 * ``odenet`` ``inputs`` ``[B, 8]``: the training distribution of
-  ``savedmodels/regenerate.py`` (4 Gaussian classes, centres ``2 e_k``, unit noise);
+  ``savedmodels/regenerate.py`` (``synthetic_classes``: standard normal);
 * ``latent_ode_spiral``: the serving benchmark's requests
   (``benchmarks/workloads/serving.py``: ``tfode.datasets.spirals_2d``, 15
   irregular observations from the first half of the window, per-series
@@ -61,10 +61,10 @@ def draw_batch(name, batch, seed):
     import tfode
 
     if name == "odenet":
-        rng = np.random.default_rng(seed)
-        labels = rng.integers(0, 4, batch)
-        x = 2.0 * np.eye(4, 8)[labels] + rng.normal(size=(batch, 8))
-        return {"inputs": x.astype(np.float32)}
+        sys.path.insert(0, os.path.join(REPO, "savedmodels"))
+        from regenerate import synthetic_classes
+
+        return {"inputs": synthetic_classes(batch, seed=seed)[0]}
     if name == "cnf_8gaussians":
         return {"x": np.asarray(tfode.datasets.toy_2d("8gaussians", batch, seed=seed), np.float32)}
     if name == "latent_ode_spiral":
