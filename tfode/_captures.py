@@ -16,7 +16,13 @@ import inspect
 
 import tensorflow as tf
 
-__all__ = ["captured_tensors", "guard_nonfinite_gradients", "is_differentiable_tensor", "referenced_eager_tensors"]
+__all__ = [
+    "capture_source",
+    "captured_tensors",
+    "guard_nonfinite_gradients",
+    "is_differentiable_tensor",
+    "referenced_eager_tensors",
+]
 
 
 def is_differentiable_tensor(x):
@@ -41,6 +47,22 @@ def referenced_eager_tensors(func):
         if is_differentiable_tensor(value) and not isinstance(value, tf.Variable):
             found.append(value)
     return found
+
+
+def capture_source(tensor):
+    """The tensor a graph's capture placeholder stands for, followed to its root; else ``tensor``.
+
+    Code that closes over an eager tensor reads that tensor: each graph built from it
+    (a function, a loop body) captures it anew, so a tape must watch the root, not the
+    placeholder of one graph.
+    """
+    for _ in range(16):  # nesting depth of graphs; a safe bound
+        graph = getattr(tensor, "graph", None)
+        source = next((ext for ext, internal in getattr(graph, "captures", ()) if internal is tensor), None)
+        if source is None or source.dtype == tf.resource:
+            return tensor
+        tensor = source
+    return tensor
 
 
 def captured_tensors(fn, t, leaves, args=(), func=None):

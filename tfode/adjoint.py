@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfode._captures import captured_tensors, is_differentiable_tensor
+from tfode._captures import capture_source, captured_tensors, is_differentiable_tensor
 from tfode._tf_compat import stop_recording
 from tfode.controllers import PIController
 from tfode.integrate import integrate
@@ -125,6 +125,9 @@ def adjoint_integrate(
         captured = captured_tensors(make_fn(args), t[0], y0)
     known = [*args, *y0, t]
     captures = [c for c in captured if is_differentiable_tensor(c) and all(c is not k for k in known)]
+    # What the field's code reads: in a graph, a capture of an eager tensor is a placeholder,
+    # but the backward pass's loop captures the eager tensor itself, and its tape must watch that.
+    read_captures = [capture_source(c) for c in captures]
     args = list(args) + captures
     num_args = len(args)
     forward_stats = []
@@ -153,7 +156,7 @@ def adjoint_integrate(
             variables = list(variables or [])
             grads_y0, grad_t, grads_args, grads_vars, bstats = _backward(
                 bind, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
-                stats.step_size,
+                stats.step_size, watched_args=args_in[:num_explicit] + read_captures,
             )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
             if backward_stats is not None:
@@ -171,12 +174,15 @@ def adjoint_integrate(
     return list(ys), forward_stats[0]
 
 
-def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step):
+def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step, watched_args=None):
     """Solve the augmented system backwards over every output interval.
 
     ``initial_step`` (the forward solve's last step size) starts the first
     segment; later segments continue from the step the previous one proposed.
+    ``watched_args`` (default ``args``): the tensors the field reads for each of ``args``,
+    which the vector-Jacobian products differentiate (a captured tensor's source).
     """
+    watched_args = list(args) if watched_args is None else list(watched_args)
     num_times = t.shape[0] if t.shape[0] is not None else tf.shape(t)[0]
     num_leaves = len(ys)
     time_dtype = t.dtype
@@ -189,6 +195,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
         return [tf.gather(c, index) for c in cotangents]
 
     params = variables + list(args)
+    sources = variables + watched_args
     param_templates = [tf.zeros(p.shape, p.dtype) for p in params]
 
     def augmented(time, state):
@@ -196,10 +203,10 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
         a = state[num_leaves : 2 * num_leaves]
         with tf.GradientTape() as tape:
             tape.watch(y)
-            tape.watch(args)
+            tape.watch(watched_args)
             tape.watch(variables)
             fy = make_fn(args)(time, y)
-        vjps = tape.gradient(fy, y + params, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        vjps = tape.gradient(fy, y + sources, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         vjps = [_dense(v, like) for v, like in zip(vjps, y + param_templates)]
         return list(fy) + [-v for v in vjps]
 
