@@ -31,8 +31,9 @@ container (``self.w`` holding a tensor, a list of tensors) is captured by value.
 Pass such tensors as ``args`` (or keep them in variables).
 
 A field that cannot be traced (numpy inside: ``NotImplementedError``,
-``AttributeError`` for ``.numpy()``, ``TypeError`` for ``float(t)``/``bool``)
-falls back to plain eager execution, and the entry remembers it.
+``AttributeError`` for ``.numpy()``, ``TypeError`` for ``float(t)``/``bool``, each
+naming a symbolic tensor) falls back to plain eager execution, and the entry
+remembers it; other errors (a field returning the wrong dtype) propagate.
 """
 
 from __future__ import annotations
@@ -339,7 +340,9 @@ def cached_solve(graph_solve, func, problem, backward_stats, raise_on_failure, n
         specs = [tf.TensorSpec(x.shape, x.dtype) for x in inputs]
         try:
             entry.concrete = tf.function(body, autograph=False).get_concrete_function(*specs)
-        except UNTRACEABLE_ERRORS:
+        except UNTRACEABLE_ERRORS as err:
+            if not _needs_eager_values(err):
+                raise  # an error of the call itself (e.g. a field returning the wrong dtype)
             entry.concrete = None
             entry.eager = True
         _remember(key, entry, refs)
@@ -349,6 +352,14 @@ def cached_solve(graph_solve, func, problem, backward_stats, raise_on_failure, n
             return None
     ys, stats = entry.concrete(*inputs)
     return list(ys), stats
+
+
+def _needs_eager_values(err):
+    """Whether ``err`` (one of ``UNTRACEABLE_ERRORS``) says that code needed a value, not a symbol."""
+    if isinstance(err, tf.errors.OperatorNotAllowedInGraphError):
+        return True
+    message = str(err)
+    return "symbolic" in message.lower() or "only available when eager execution is enabled" in message
 
 
 def _remember(key, entry, refs):
