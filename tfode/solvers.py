@@ -217,6 +217,13 @@ def solve(
             ``IntegrationError`` eagerly, or an ``InvalidArgumentError`` when a
             graph runs (not under XLA, where Assert ops are dropped). If False,
             check ``solution.stats.status`` yourself.
+        eager_cache: called eagerly, run the solve as a traced function cached by
+            what forces a retrace (the field's code and closure, the state's structure,
+            shapes and dtypes, the static config), so repeated calls cost about what a
+            ``tf.function`` costs; the first call traces (``tfode/_eager_cache.py``).
+            ``False`` dispatches every op eagerly (debugging; fields with Python side
+            effects), as does ``tf.config.run_functions_eagerly(True)``. A field that
+            needs eager values (numpy) is detected and runs eagerly. Ignored in graphs.
         name: name scope.
         _allow_repeated_times: internal; accept non-decreasing ``t`` with repeats.
 
