@@ -17,7 +17,6 @@ import inspect
 import tensorflow as tf
 
 __all__ = [
-    "capture_source",
     "captured_tensors",
     "guard_nonfinite_gradients",
     "is_differentiable_tensor",
@@ -47,22 +46,6 @@ def referenced_eager_tensors(func):
         if is_differentiable_tensor(value) and not isinstance(value, tf.Variable):
             found.append(value)
     return found
-
-
-def capture_source(tensor):
-    """The tensor a graph's capture placeholder stands for, followed to its root; else ``tensor``.
-
-    Code that closes over an eager tensor reads that tensor: each graph built from it
-    (a function, a loop body) captures it anew, so a tape must watch the root, not the
-    placeholder of one graph.
-    """
-    for _ in range(16):  # nesting depth of graphs; a safe bound
-        graph = getattr(tensor, "graph", None)
-        source = next((ext for ext, internal in getattr(graph, "captures", ()) if internal is tensor), None)
-        if source is None or source.dtype == tf.resource:
-            return tensor
-        tensor = source
-    return tensor
 
 
 def captured_tensors(fn, t, leaves, args=(), func=None):

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfode._captures import capture_source, captured_tensors, is_differentiable_tensor
+from tfode._captures import captured_tensors, is_differentiable_tensor
 from tfode._tf_compat import stop_recording
 from tfode.controllers import PIController
 from tfode.integrate import integrate
@@ -125,9 +125,6 @@ def adjoint_integrate(
         captured = captured_tensors(make_fn(args), t[0], y0)
     known = [*args, *y0, t]
     captures = [c for c in captured if is_differentiable_tensor(c) and all(c is not k for k in known)]
-    # What the field's code reads: in a graph, a capture of an eager tensor is a placeholder,
-    # but the backward pass's loop captures the eager tensor itself, and its tape must watch that.
-    read_captures = [capture_source(c) for c in captures]
     args = list(args) + captures
     num_args = len(args)
     forward_stats = []
@@ -156,7 +153,7 @@ def adjoint_integrate(
             variables = list(variables or [])
             grads_y0, grad_t, grads_args, grads_vars, bstats = _backward(
                 bind, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
-                stats.step_size, watched_args=args_in[:num_explicit] + read_captures,
+                stats.step_size, watched_args=args_in[:num_explicit] + captures,
             )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
             if backward_stats is not None:
@@ -180,7 +177,9 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step,
     ``initial_step`` (the forward solve's last step size) starts the first
     segment; later segments continue from the step the previous one proposed.
     ``watched_args`` (default ``args``): the tensors the field reads for each of ``args``,
-    which the vector-Jacobian products differentiate (a captured tensor's source).
+    which the vector-Jacobian products differentiate. The field reads a captured tensor by
+    closure, so the tape must watch that tensor: in a graph, ``tf.custom_gradient`` hands
+    ``grad`` copies of its inputs, which the field never reads (their gradient was zero).
     """
     watched_args = list(args) if watched_args is None else list(watched_args)
     num_times = t.shape[0] if t.shape[0] is not None else tf.shape(t)[0]
