@@ -50,6 +50,7 @@ from benchmarks import _common as C  # noqa: E402
 # name -> module of benchmarks.workloads (see ../shared/bench/README.md beside the repository and the issues).
 WORKLOADS = {
     "W1": "w1_forward",
+    "W1-eager": "w1_eager",
     "W1-nfe": "w1_nfe_variants",
     "W1-cost": "w1_step_cost",
     "W1-ops": "w1_graph_ops",

@@ -594,7 +594,10 @@ def test_adjoint_forward_is_not_recorded_on_outer_tape(adjoint):
     Every recorded op keeps its inputs alive and grows the tape with the step
     count; no public API counts tape ops, so we probe connectivity instead:
     with ``adjoint=False`` the probe is connected (sanity), with ``adjoint=True``
-    it must not be, while the gradient through ``odeint`` stays exact.
+    it must not be, while the gradient through ``odeint`` stays exact. The probe
+    needs the eager tensors the loop hands ``func``, so the solve runs plain eagerly
+    (``eager_cache=False``); a cached eager call runs the adjoint inside one graph,
+    where the loop is reached only through the custom gradient.
     """
     seen = []
 
@@ -606,7 +609,7 @@ def test_adjoint_forward_is_not_recorded_on_outer_tape(adjoint):
     t = tf.constant([0.0, 1.0], F64)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(y0)
-        ys = tfode.odeint(func, y0, t, rtol=1e-8, atol=1e-8, adjoint=adjoint)
+        ys = tfode.odeint(func, y0, t, rtol=1e-8, atol=1e-8, adjoint=adjoint, eager_cache=False)
         value = tf.reduce_sum(ys[-1])
     num_forward_calls = len(seen)
     assert num_forward_calls > 5
@@ -616,16 +619,24 @@ def test_adjoint_forward_is_not_recorded_on_outer_tape(adjoint):
     del tape
 
 
-def test_backward_failure_raises_integration_error_eagerly():
+@pytest.mark.parametrize("eager_cache", [False, True], ids=["plain-eager", "cached"])
+def test_backward_failure_raises_eagerly(eager_cache):
+    """Plain eager: ``IntegrationError``. A cached eager call runs the backward pass as a graph,
+    whose check raises ``InvalidArgumentError`` naming the status (as in any graph)."""
     stats = tfode.SolveStats()
     y0 = tf.constant([0.6, -0.4], F64)
     with tf.GradientTape() as tape:
         tape.watch(y0)
         ys = tfode.odeint(MLP, y0, tf.constant([0.0, 1.0], F64), rtol=1e-8, atol=1e-8, adjoint=True,
-                          adjoint_options={"max_num_steps": 2}, backward_stats=stats)  # fmt: skip
+                          adjoint_options={"max_num_steps": 2}, backward_stats=stats,
+                          eager_cache=eager_cache)  # fmt: skip
         value = tf.reduce_sum(ys**2)
-    with pytest.raises(tfode.IntegrationError, match="Backward") as excinfo:
-        tape.gradient(value, y0)
-    assert excinfo.value.status == tfode.Status.MAX_STEPS_REACHED
+    if eager_cache:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="backward ODE solve failed"):
+            tape.gradient(value, y0)
+    else:
+        with pytest.raises(tfode.IntegrationError, match="Backward") as excinfo:
+            tape.gradient(value, y0)
+        assert excinfo.value.status == tfode.Status.MAX_STEPS_REACHED
     assert int(stats.status) == int(tfode.Status.MAX_STEPS_REACHED)
     assert int(stats.num_steps) == 2

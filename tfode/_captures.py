@@ -16,7 +16,12 @@ import inspect
 
 import tensorflow as tf
 
-__all__ = ["captured_tensors", "guard_nonfinite_gradients", "is_differentiable_tensor", "referenced_eager_tensors"]
+__all__ = [
+    "captured_tensors",
+    "guard_nonfinite_gradients",
+    "is_differentiable_tensor",
+    "referenced_eager_tensors",
+]
 
 
 def is_differentiable_tensor(x):

@@ -161,7 +161,7 @@ def adjoint_integrate(
             variables = list(variables or [])
             grads_y0, grad_t, grads_args, grads_vars, bstats = backward(
                 bind, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
-                stats.step_size,
+                stats.step_size, watched_args=args_in[:num_explicit] + captures,
             )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
             if backward_stats is not None:
@@ -179,12 +179,17 @@ def adjoint_integrate(
     return list(ys), forward_stats[0]
 
 
-def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step):
+def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step, watched_args=None):
     """Solve the augmented system backwards over every output interval.
 
     ``initial_step`` (the forward solve's last step size) starts the first
     segment; later segments continue from the step the previous one proposed.
+    ``watched_args`` (default ``args``): the tensors the field reads for each of ``args``,
+    which the vector-Jacobian products differentiate. The field reads a captured tensor by
+    closure, so the tape must watch that tensor: in a graph, ``tf.custom_gradient`` hands
+    ``grad`` copies of its inputs, which the field never reads (their gradient was zero).
     """
+    watched_args = list(args) if watched_args is None else list(watched_args)
     num_times = t.shape[0] if t.shape[0] is not None else tf.shape(t)[0]
     num_leaves = len(ys)
     time_dtype = t.dtype
@@ -197,6 +202,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
         return [tf.gather(c, index) for c in cotangents]
 
     params = variables + list(args)
+    sources = variables + watched_args
     param_templates = [tf.zeros(p.shape, p.dtype) for p in params]
 
     def augmented(time, state):
@@ -204,10 +210,10 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step)
         a = state[num_leaves : 2 * num_leaves]
         with tf.GradientTape() as tape:
             tape.watch(y)
-            tape.watch(args)
+            tape.watch(watched_args)
             tape.watch(variables)
             fy = make_fn(args)(time, y)
-        vjps = tape.gradient(fy, y + params, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        vjps = tape.gradient(fy, y + sources, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         vjps = [_dense(v, like) for v, like in zip(vjps, y + param_templates)]
         return list(fy) + [-v for v in vjps]
 

@@ -169,9 +169,10 @@ class ContinuousFlowBijector(tfp.bijectors.Bijector):
     ``forward_and_log_det``/``inverse_and_log_det(..., solver=...)``, which solve once
     and bypass TFP's cache.
 
-    Eagerly, an adjoint solve runs its forward loop as one traced graph call (so
-    tapes that the field opens itself keep working); the field must then be
-    traceable. Solve with ``adjoint=False`` to step through the field eagerly.
+    Eager calls run each solve as a cached traced function (``tfode.solve``'s eager
+    cache; the Hutchinson noise drawn per solve is one of its inputs, so new noise
+    needs no retrace): the field must be traceable. To step through the field
+    eagerly, use ``tf.config.run_functions_eagerly(True)`` with ``adjoint=False``.
         seed: Hutchinson noise. An int (default 0) seeds a ``tf.random.Generator``
             that hands each solve a fresh stateless seed: reproducible, and it
             compiles under XLA. ``None`` draws from TF's stateful op-level RNG: not

@@ -26,6 +26,7 @@ encoders, ``ODERNN``   1e-3    1e-4    False    short solves between observation
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from typing import Any
@@ -299,7 +300,7 @@ def _check_option(key, value, allow_zero=False, allow_inf=False):
 
 def _resolve_controller(controller, tableau, name):
     if controller is None:
-        return PIController() if tableau.adaptive else StepToOutputTimes()
+        return _default_controller(tableau.adaptive)
     if controller.uses_error_estimate and tableau.b_error is None:
         raise ValueError(
             f"{name}={type(controller).__name__} needs an adaptive method with an error estimate; "
@@ -308,10 +309,16 @@ def _resolve_controller(controller, tableau, name):
     return controller
 
 
+@functools.lru_cache(maxsize=2)
+def _default_controller(adaptive):
+    # Controllers are frozen values: one default instance each (a solve asks for it several times).
+    return PIController() if adaptive else StepToOutputTimes()
+
+
 def as_config(solver, argument="solver") -> SolverConfig:
     """``solver`` as a ``SolverConfig`` (``None`` -> the defaults); a clear error otherwise."""
     if solver is None:
-        return SolverConfig()
+        return _DEFAULT_CONFIG
     if isinstance(solver, dict):
         return SolverConfig.from_config(solver)
     if not isinstance(solver, SolverConfig):
@@ -319,8 +326,10 @@ def as_config(solver, argument="solver") -> SolverConfig:
     return solver
 
 
+_DEFAULT_CONFIG = SolverConfig()  # a frozen value, shared
+
 DEFAULTS = {
-    "solve": SolverConfig(),
+    "solve": _DEFAULT_CONFIG,
     "ODELayer": SolverConfig(rtol=1e-3, atol=1e-3, adjoint=True),
     "ContinuousFlowBijector": SolverConfig(rtol=1e-5, atol=1e-5, adjoint=True),
     "LatentODE": SolverConfig(rtol=1e-3, atol=1e-4, adjoint=True),

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tfode import _validation as v
 from tfode._captures import captured_tensors, guard_nonfinite_gradients
 from tfode._complex import has_complex_leaves, solve_complex
+from tfode._eager_cache import cached_solve
 from tfode._tf_compat import in_xla_context
 from tfode.adjoint import BackwardSolve, adjoint_integrate
-from tfode.checkpoint import PER_SAMPLE, checkpointed_integrate
+from tfode.checkpoint import JOINT, PER_SAMPLE, checkpointed_integrate
 from tfode.config import DEFAULT_MAX_NUM_STEPS, SolverConfig, as_config
 from tfode.integrate import integrate
 from tfode.per_sample import integrate_per_sample
-from tfode.solution import Solution
+from tfode.solution import Solution, Status
 from tfode.solution import raise_on_failure as raise_on_failure_
 from tfode.tableaus import get_tableau
 
@@ -49,6 +52,48 @@ def solver_config(solver=None, *, method=None, rtol=None, atol=None, options=Non
     ``options`` (torchdiffeq-style dict, ``tfode.config.OPTION_NAMES``) edits the
     controller and budget; ``adjoint_options`` the backward solve's controller and budget.
     """
+    keywords = dict(method=method, rtol=rtol, atol=atol, options=options, adjoint=adjoint,
+                    adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+                    adjoint_options=adjoint_options, adjoint_norm=adjoint_norm)  # fmt: skip
+    key = _config_key(solver, keywords)
+    if key is None:
+        return _solver_config(solver, **keywords)
+    return _solver_config_memo(solver, key)
+
+
+class _FrozenDict(tuple):
+    """A dict keyword (``options``) as sorted ``(key, value)`` pairs, for the memo's key."""
+
+
+def _config_key(solver, keywords):
+    """``solver_config``'s keywords as a hashable tuple, or ``None`` (tensors, unhashable values)."""
+    if solver is not None and not isinstance(solver, SolverConfig):
+        return None
+    items = []
+    for name, value in keywords.items():
+        if isinstance(value, dict):
+            value = _FrozenDict(sorted(value.items(), key=lambda kv: str(kv[0])))
+        elif tf.is_tensor(value) or isinstance(value, (list, np.ndarray)):
+            return None
+        items.append((name, type(value), value))  # the type too: True and 1 validate differently
+    key = tuple(items)
+    try:
+        hash((solver, key))
+    except TypeError:
+        return None
+    return key
+
+
+@functools.lru_cache(maxsize=256)
+def _solver_config_memo(solver, key):
+    # SolverConfig is a frozen value: equal arguments give an equal config (built once).
+    keywords = {name: dict(value) if isinstance(value, _FrozenDict) else value for name, _, value in key}
+    return _solver_config(solver, **keywords)
+
+
+def _solver_config(solver=None, *, method=None, rtol=None, atol=None, options=None, adjoint=None,
+                   adjoint_method=None, adjoint_rtol=None, adjoint_atol=None, adjoint_options=None,
+                   adjoint_norm=None):  # fmt: skip
     config = as_config(solver)
     changes = {
         "method": method, "rtol": rtol, "atol": atol, "adjoint": adjoint, "adjoint_method": adjoint_method,
@@ -65,8 +110,13 @@ def solver_config(solver=None, *, method=None, rtol=None, atol=None, options=Non
     return config
 
 
-def prepare(func, y0, t, config, args=(), allow_repeated_times=False):
-    """Validate the arguments of ``solve`` and convert them (internal)."""
+def prepare(func, y0, t, config, args=(), allow_repeated_times=False, check_float_tolerances=True):
+    """Validate the arguments of ``solve`` and convert them (internal).
+
+    ``check_float_tolerances=False``: Python-number tolerances (which ``SolverConfig``
+    has checked) are not converted (``rtol``, ``atol`` and ``inputs_valid`` then
+    leave them out: an eager call's checks before its traced solve).
+    """
     v.check_callable(func)
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"args must be a tuple of tensors, got {type(args).__name__}.")
@@ -82,8 +132,11 @@ def prepare(func, y0, t, config, args=(), allow_repeated_times=False):
             "controller=tfode.ConstantStepSize(h)), or a grid of more than two times t to step on; "
             "got t of length 2. controller=tfode.StepToOutputTimes() takes one step."
         )
-    rtol_leaves, rtol_valid = v.as_tolerance("rtol", config.rtol, leaves, structure)
-    atol_leaves, atol_valid = v.as_tolerance("atol", config.atol, leaves, structure)
+    rtol_leaves = atol_leaves = rtol_valid = atol_valid = None
+    if check_float_tolerances or not isinstance(config.rtol, float):
+        rtol_leaves, rtol_valid = v.as_tolerance("rtol", config.rtol, leaves, structure)
+    if check_float_tolerances or not isinstance(config.atol, float):
+        atol_leaves, atol_valid = v.as_tolerance("atol", config.atol, leaves, structure)
     return Problem(
         make_fn=lambda bound: v.wrap_vector_field(func, structure, leaves, bound),
         args=args,
@@ -119,6 +172,7 @@ def solve(
     adjoint_norm=None,
     backward_stats=None,
     raise_on_failure=True,
+    eager_cache=True,
     name=None,
     _allow_repeated_times=False,
 ) -> Solution:
@@ -166,6 +220,13 @@ def solve(
             ``IntegrationError`` eagerly, or an ``InvalidArgumentError`` when a
             graph runs (not under XLA, where Assert ops are dropped). If False,
             check ``solution.stats.status`` yourself.
+        eager_cache: called eagerly, run the solve as a traced function cached by
+            what forces a retrace (the field's code and closure, the state's structure,
+            shapes and dtypes, the static config), so repeated calls cost about what a
+            ``tf.function`` costs; the first call traces (``tfode/_eager_cache.py``).
+            ``False`` dispatches every op eagerly (debugging; fields with Python side
+            effects), as does ``tf.config.run_functions_eagerly(True)``. A field that
+            needs eager values (numpy) is detected and runs eagerly. Ignored in graphs.
         name: name scope.
         _allow_repeated_times: internal; accept non-decreasing ``t`` with repeats.
 
@@ -189,47 +250,68 @@ def solve(
     )  # fmt: skip
     if has_complex_leaves(y0):
         return solve_complex(solve, func, y0, t, config, args=args, backward_stats=backward_stats,
-                             raise_on_failure=raise_on_failure, name=name,
+                             raise_on_failure=raise_on_failure, eager_cache=eager_cache, name=name,
                              _allow_repeated_times=_allow_repeated_times)  # fmt: skip
+    if eager_cache and tf.executing_eagerly() and not tf.config.functions_run_eagerly():
+        # Validate eagerly (errors as in plain eager mode), then run the traced graph path.
+        problem = prepare(func, y0, t, config, args, _allow_repeated_times, check_float_tolerances=False)
+        cached = cached_solve(_graph_solve, func, problem, backward_stats, raise_on_failure, name,
+                              _allow_repeated_times)  # fmt: skip
+        if cached is not None:
+            ys, stats = cached
+            if raise_on_failure and np.any(stats.status.numpy() != int(Status.SUCCESS)):
+                raise_on_failure_(ys, stats, problem.t[..., -1])
+            return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
+    ys, stats, problem = _solve(func, y0, t, config, args, backward_stats, raise_on_failure, raise_on_failure, name,
+                                _allow_repeated_times)  # fmt: skip
+    return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
+
+
+def _graph_solve(func, y0, t, config, args, backward_stats, raise_backward, name, allow_repeated_times):
+    """The body of an eager call's traced function: ``(ys leaves, stats)``; the caller checks the
+    forward status, the adjoint's backward pass asserts its own (``raise_backward``)."""
+    ys, stats, _ = _solve(func, y0, t, config, args, backward_stats, False, raise_backward, name,
+                          allow_repeated_times)  # fmt: skip
+    return ys, stats
+
+
+def _solve(func, y0, t, config, args, backward_stats, raise_forward, raise_backward, name, allow_repeated_times):
+    """``solve`` on a validated ``SolverConfig``: ``(ys leaves, stats, problem)``."""
     with tf.name_scope(name or "solve"):
-        problem = prepare(func, y0, t, config, args, _allow_repeated_times)
+        problem = prepare(func, y0, t, config, args, allow_repeated_times)
         controller = config.forward_controller
         forward = (config.tableau, problem.rtol, problem.atol, controller, config.step_budget(problem.t))
         if config.adjoint:
             ys, stats = adjoint_integrate(
                 problem.make_fn, problem.leaves, problem.t, problem.args, *forward,
-                _backward_solve(problem, raise_on_failure), inputs_valid=problem.inputs_valid,
+                _backward_solve(problem, raise_backward), inputs_valid=problem.inputs_valid,
                 backward_stats=backward_stats, per_sample=config.batch_axis is not None,
             )  # fmt: skip
             ys = [tf.convert_to_tensor(y) for y in ys]
-        elif config.batch_axis is not None:
-            fn = problem.make_fn(problem.args)
-            captured = captured_tensors(fn, problem.t[:, 0], problem.leaves, func=func)
-            extra = [c for c in captured if all(c is not a for a in problem.args)]
-            fn = guard_nonfinite_gradients(fn, problem.args + extra)
-            if in_xla_context():  # as below: the gradient re-runs the loop from checkpoints
-                ys, stats = checkpointed_integrate(fn, problem.leaves, problem.t, problem.args + extra, *forward,
-                                                   inputs_valid=problem.inputs_valid, loop=PER_SAMPLE)  # fmt: skip
-            else:
-                ys, stats = integrate_per_sample(fn, problem.leaves, problem.t, *forward,
-                                                 inputs_valid=problem.inputs_valid)  # fmt: skip
-            ys = [tf.convert_to_tensor(y) for y in ys]
         else:
-            fn = problem.make_fn(problem.args)
-            # Backpropagation through the loop must not see rejected steps' NaN derivatives.
-            captured = captured_tensors(fn, problem.t[0], problem.leaves, func=func)
-            extra = [c for c in captured if all(c is not a for a in problem.args)]
-            fn = guard_nonfinite_gradients(fn, problem.args + extra)
-            if in_xla_context():
-                # XLA sizes a while loop's gradient buffers by its maximum_iterations: re-run the
-                # loop from checkpoints instead, at the cost of the steps taken.
-                ys, stats = checkpointed_integrate(fn, problem.leaves, problem.t, problem.args + extra, *forward,
-                                                   inputs_valid=problem.inputs_valid)  # fmt: skip
-            else:
-                ys, stats = integrate(fn, problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid)
-        if raise_on_failure:
+            ys, stats = _direct_integrate(func, problem, forward, per_sample=config.batch_axis is not None)
+        if raise_forward:
             ys = raise_on_failure_(ys, stats, problem.t[..., -1])
-        return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
+        return ys, stats, problem
+
+
+def _direct_integrate(func, problem, forward, per_sample):
+    """The solve differentiated by backpropagation through the loop (joint or per sample)."""
+    fn = problem.make_fn(problem.args)
+    # Backpropagation through the loop must not see rejected steps' NaN derivatives.
+    captured = captured_tensors(fn, problem.t[..., 0], problem.leaves, func=func)
+    extra = [c for c in captured if all(c is not a for a in problem.args)]
+    fn = guard_nonfinite_gradients(fn, problem.args + extra)
+    if in_xla_context():
+        # XLA sizes a while loop's gradient buffers by its maximum_iterations: re-run the
+        # loop from checkpoints instead, at the cost of the steps taken.
+        ys, stats = checkpointed_integrate(fn, problem.leaves, problem.t, problem.args + extra, *forward,
+                                           inputs_valid=problem.inputs_valid,
+                                           loop=PER_SAMPLE if per_sample else JOINT)  # fmt: skip
+    else:
+        loop = integrate_per_sample if per_sample else integrate
+        ys, stats = loop(fn, problem.leaves, problem.t, *forward, inputs_valid=problem.inputs_valid)
+    return [tf.convert_to_tensor(y) for y in ys], stats
 
 
 def _backward_solve(problem, raise_on_failure):

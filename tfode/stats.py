@@ -71,6 +71,11 @@ def record_stats(recorder, stats):
     updates = []
     for field in _FIELDS:
         target = getattr(recorder, field, None)
+        # A Keras variable's assign returns the value, not the assignment: assign its tf.Variable,
+        # whose op a graph built without automatic control dependencies (a gradient function) keeps.
+        inner = getattr(target, "value", None)
+        if isinstance(inner, tf.Variable):
+            target = inner
         if target is not None:
             value = tf.convert_to_tensor(getattr(stats, field))
             if value.shape.rank != 0:  # a per-sample solve: the batch's cost, the worst status
