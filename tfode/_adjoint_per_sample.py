@@ -88,7 +88,7 @@ class _ParameterQuadrature:
         return [_dense(g, like) for g, like in zip(grads, self.initial)]
 
 
-def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, initial_step):
+def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, initial_step, watched_args=None):
     """Gradients of a per-sample solve by per-sample backward solves.
 
     Args:
@@ -98,6 +98,9 @@ def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, ini
         args: extra tensors the field reads; variables: ``tf.Variable``s it reads.
         config: a ``tfode.adjoint.BackwardSolve`` (its ``seminorm`` must be True).
         initial_step: ``[B]`` the forward solve's last step sizes (start of the first segment).
+        watched_args: the tensors the field reads for each of ``args`` (default ``args``); a
+            captured tensor is read by closure, so its gradient is taken with respect to it, not
+            to the copy ``tf.custom_gradient`` hands ``grad`` (as in ``tfode.adjoint``).
 
     Returns:
         ``(grads_y0, grad_t, grads_args, grads_vars, stats)``: ``grad_t`` ``[B, N]``,
@@ -107,8 +110,8 @@ def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, ini
     num_times = t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
     num_leaves = len(ys)
     fn = make_fn(args)
-    params = list(variables) + list(args)
-    quadrature = _ParameterQuadrature(fn, params, config.tableau, num_leaves)
+    watched_args = list(args) if watched_args is None else list(watched_args)
+    quadrature = _ParameterQuadrature(fn, list(variables) + watched_args, config.tableau, num_leaves)
 
     def augmented(time, state):
         y, a = state[:num_leaves], state[num_leaves:]
