@@ -14,9 +14,9 @@ Protocol:
   model input as the per-series ``times [B, n]`` (the encoder skips
   unobserved steps and its gaps run between observed points;
   ``tests/test_models_latent.py::test_series_in_a_batch_match_each_alone``
-  checks it), but the latent solve runs on a 100-point grid instead of the
-  ``B * n``-point union of all series' times, and the tensor shapes do not
-  depend on ``n``, so one traced training step serves every ``n``.
+  checks it), but the tensor shapes do not depend on ``n``, so one traced
+  training step serves every ``n`` (Keras' ``fit`` hands every series the
+  shared grid, and each series is solved on it on its own, per sample).
 * Latent ODE: ``tfode.models.LatentODE(obs_dim=2, latent_dim=4,
   encoder="rnn", encoder_units=25, field_hidden=(20, 20),
   decoder_hidden=(20,), obs_std=0.3)``: Chen's ``latent_ode.py`` sizes (his

@@ -102,8 +102,8 @@ def time_dtype(t, state_dtype):
 def as_times(t, state_dtype, allow_repeats=False):
     """Convert and check the output times.
 
-    With ``allow_repeats`` (internal: the latent models' union of per-series
-    times), non-decreasing times with repeats are accepted.
+    With ``allow_repeats`` (internal: a latent model's shared query times may
+    repeat), non-decreasing times with repeats are accepted.
 
     Returns:
         ``(t, valid)``: ``t`` a rank-1 tensor in time dtype with static length,

@@ -250,7 +250,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step,
         return [s[-1] for s in states], stats
 
     def skip_segment(t_segment, state, step):
-        # Repeated output times (e.g. a union of per-series times): nothing to integrate.
+        # Repeated output times (e.g. repeated shared query times): nothing to integrate.
         zero = tf.zeros([], tf.int32)
         stats = SolverStats(zero, zero, zero, zero, zero + int(Status.SUCCESS), t_segment[0], step)
         return state, stats
