@@ -21,7 +21,10 @@ copied to host, over --repeats calls after 3 warm-ups; first call (s, trace +
 compile); fwd NFE and steps; max |g - g_graph| / max |g_graph| over the four
 gradients; CPU ratio to graph (target: xla <= 1.5).
 
-Usage: python -m benchmarks.run W2-direct [--sizes d2,d32] [--repeats 15] [--plain-loop d2]
+``--per-sample``: the same with ``SolverConfig(batch_axis=0)`` (every sample its own steps;
+its loop is checkpointed the same way); NFE and steps are then the largest per sample.
+
+Usage: python -m benchmarks.run W2-direct [--sizes d2,d32] [--repeats 15] [--plain-loop d2] [--per-sample]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def _tf(args, frameworks):
 
     results = {"versions": C.versions(tensorflow=tf, tfode=tfode), "rows": []}
     t_span = tf.constant([0.0, 1.0])
+    solver = tfode.SolverConfig(batch_axis=0 if args.per_sample else None)
     for size in args.sizes:
         data = C.load_workload(size, args.weights)
         V = [
@@ -57,10 +61,12 @@ def _tf(args, frameworks):
             @tf.function(jit_compile=jit_compile)
             def fn(y0):
                 with tf.GradientTape() as tape:
-                    sol = tfode.solve(field, y0, t_span, method="dopri5", rtol=args.tol, atol=args.tol,
+                    sol = tfode.solve(field, y0, t_span, solver, method="dopri5", rtol=args.tol, atol=args.tol,
                                       raise_on_failure=False)  # fmt: skip
                     loss = tf.reduce_sum(tf.square(sol.ys[-1])) / 256.0
-                return tape.gradient(loss, V), sol.stats.num_fn_evals, sol.stats.num_steps, sol.stats.status
+                stats = sol.stats
+                return (tape.gradient(loss, V), tf.reduce_max(stats.num_fn_evals), tf.reduce_max(stats.num_steps),
+                        tf.reduce_max(stats.status))  # fmt: skip
 
             return fn
 
@@ -108,6 +114,7 @@ def add_args(p):
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--plain-loop", default="", help="sizes that also time the plain loop under XLA (slow)")
+    p.add_argument("--per-sample", action="store_true", help="solve per sample (SolverConfig(batch_axis=0))")
 
 
 def report(args, ctx):
@@ -120,7 +127,8 @@ def report(args, ctx):
         return None
     load_end = C.loadavg()
     print(f"tfode {rev}; load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end.")
-    print("Direct-mode gradient (adjoint=False), default max_num_steps, one process, round-robin:")
+    mode = "per sample (batch_axis=0)" if args.per_sample else "joint"
+    print(f"Direct-mode gradient (adjoint=False), {mode}, default max_num_steps, one process, round-robin:")
     print()
     print("| size | impl | CPU median ms | wall median ms | first call s | fwd NFE | steps | rel diff vs graph | "
           "CPU / graph |")  # fmt: skip
