@@ -174,3 +174,28 @@ def test_empty_batch():
     sol = tfode.solve(lambda t, y: -y, tf.zeros([0, 3]), tf.constant([0.0, 0.5, 1.0]),
                       tfode.SolverConfig(batch_axis=0))  # fmt: skip
     assert sol.ys.shape == (3, 0, 3) and sol.stats.num_steps.shape == (0,)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_failed_sample_does_not_drop_the_others_gradients(jit_compile):
+    """``dy/dt = -k / y`` reaches y = 0 at t = y0² / 2k: the sample with k = 5 fails mid-solve, and
+    ``f`` is not finite at the zero state. The others' gradients still match the exact ones
+    (``y(1) = sqrt(y0² - 2k)``): the failed row stays frozen where ``f`` was finite."""
+    k = tf.constant([0.1, 5.0, 0.2], F64)
+    y0 = tf.constant([1.0, 1.0, 1.0], F64)
+    t = tf.constant([0.0, 1.0], F64)
+    config = tfode.SolverConfig(rtol=1e-10, atol=1e-10, batch_axis=0)
+
+    def run(y0, k):
+        with tf.GradientTape() as tape:
+            tape.watch([y0, k])
+            sol = tfode.solve(lambda t_, y, k_: -k_ / y, y0, t, config, args=(k,), raise_on_failure=False)
+            loss = tf.reduce_sum(tf.gather(sol.ys[-1], [0, 2]))
+        return tape.gradient(loss, [y0, k]), sol.stats.status
+
+    (dy0, dk), status = tf.function(run, jit_compile=jit_compile)(y0, k)
+    assert list(status.numpy() != 0) == [False, True, False]
+    exact = np.sqrt(1.0 - 2 * k.numpy()[[0, 2]])
+    np.testing.assert_allclose(dy0.numpy()[[0, 2]], 1.0 / exact, rtol=1e-6)
+    np.testing.assert_allclose(dk.numpy()[[0, 2]], -1.0 / exact, rtol=1e-6)
+    assert dy0.numpy()[1] == 0 and dk.numpy()[1] == 0

@@ -9,22 +9,25 @@ resolved to its tolerance instead of hiding in the batch RMS, and a failing
 sample fails alone (NaN outputs, its own status) while the others finish.
 
 The loop evaluates ``f`` on the whole batch each iteration and runs until every
-sample is done; finished and failed samples are frozen (their rows enter ``f``
-as zeros). Gradients (backpropagation through the loop) stay exact for every
-sample: an iteration in which some sample's trial stages are not finite (a step
-leaving ``f``'s domain) is discarded for every sample, and the samples whose
-stages were finite redo the identical step in the next iteration without counting
-it; so the whole-evaluation gradient guard (``tfode._captures``), which zeroes an
-evaluation's gradient when any of its outputs is not finite, never drops a
-contribution that an accepted step used. One limit remains: a failed sample's
-frozen row still enters ``f`` as zeros, and if ``f`` is not finite there (e.g.
-the NaN comes from that sample's own parameters, not its state), every later
-evaluation is non-finite and the guard drops its gradient for all samples; keep
-such a sample out of the batch, or make ``f`` finite at the zero state. Output times may be
-shared ``[N]`` or per sample ``[B, N]`` (each row monotone; pad shorter series by
-repeating their last time), written by a fixed-shape masked dense output: no
-host synchronisation and no data-dependent shapes, so the same code runs
-eagerly, in graphs and under XLA.
+sample is done; finished and failed samples are frozen (see below). Gradients
+(backpropagation through the loop) stay exact for every sample: an iteration in
+which some sample's trial stages are not finite (a step leaving ``f``'s domain)
+is discarded for every sample, and the samples whose stages were finite redo the
+identical step in the next iteration without counting it; so the
+whole-evaluation gradient guard (``tfode._captures``), which zeroes an evaluation's
+gradient when any of its outputs is not finite, never drops a contribution that
+an accepted step used. Finished and failed samples stay frozen at their last
+accepted state (a zero step there re-evaluates a finite ``f``). One limit
+remains: a sample whose ``f`` is not finite at its start is frozen at the zero
+state, and if ``f`` is not finite there either (e.g. the NaN comes from that
+sample's own parameters, not its state), every later evaluation is non-finite
+and the guard drops its gradient for all samples; keep such a sample out of the
+batch, or make ``f`` finite at the zero state.
+
+Output times may be shared ``[N]`` or per sample ``[B, N]`` (each row monotone;
+pad shorter series by repeating their last time), written by a fixed-shape
+masked dense output: no host synchronisation and no data-dependent shapes, so
+the same code runs eagerly, in graphs and under XLA.
 
 The vector field receives ``t`` of shape ``[B]``, one time per sample.
 
@@ -115,9 +118,10 @@ def initial_state(p, y0, inputs_valid):
     # (a tf.cond would do it only when needed, but a cond's gradient inside a loop cannot
     # capture the field's variables).
     f0_finite = _rows_finite(tf.nest.map_structure(tf.stop_gradient, list(p.fn(t0, y0))))
+    # A sample that fails here is frozen at the zero state with f there (see the module docstring).
     safe = [_where_rows(f0_finite, y, tf.zeros_like(y)) for y in y0]
     f0 = list(p.fn(t0, safe))
-    step0, memory, extra = p.controller.initial(p.fn, t0, y0, f0, p.t, p.direction, p.tableau, p.rtol, p.atol,
+    step0, memory, extra = p.controller.initial(p.fn, t0, safe, f0, p.t, p.direction, p.tableau, p.rtol, p.atol,
                                                 p.error_mask, per_sample=True)  # fmt: skip
     extra += 1  # the second evaluation of f0
     step0 = tf.broadcast_to(tf.stop_gradient(step0), [batch])
@@ -133,7 +137,7 @@ def initial_state(p, y0, inputs_valid):
         nan = tf.fill(tf.concat([[p.num_times - 1], tf.shape(leaf)], axis=0), tf.constant(float("nan"), leaf.dtype))
         buffers.append(tf.concat([leaf[None], nan], axis=0))
     zeros = tf.zeros([batch], tf.int32)
-    return _State(t=t0, step=step0, y=tuple(y0), f=tuple(f0), memory=memory, index=zeros + 1, num_steps=zeros,
+    return _State(t=t0, step=step0, y=tuple(safe), f=tuple(f0), memory=memory, index=zeros + 1, num_steps=zeros,
                   num_accepted=zeros, num_rejected=zeros, num_fn_evals=zeros + 1 + extra, status=status,
                   buffers=tuple(buffers), integral=tuple(p.quadrature.initial) if p.quadrature else (),
                   iteration=tf.constant(0, tf.int32))  # fmt: skip
@@ -182,9 +186,12 @@ def _loop_body(p, max_num_steps, s):
     step = tf.where(lands, remaining, step)
     t1 = tf.where(lands, target, s.t + p.direction * step)
     t1 = tf.where(active, t1, s.t)  # frozen samples take a zero step
-    # Frozen (finished or failed) samples enter f as zeros: a NaN row stays out of everything.
-    y_start = [_where_rows(active, y, tf.zeros_like(y)) for y in s.y]
-    f_start = [_where_rows(active, f, tf.zeros_like(f)) for f in s.f]
+    # Frozen (finished or failed) samples take a zero step from their last accepted state, where f is
+    # finite (it was evaluated there), so their rows cannot make an evaluation non-finite and trip the
+    # gradient guard for everyone. Rows without a finite f (failed at the start) enter as zeros.
+    usable = active | _rows_finite(s.f)
+    y_start = [_where_rows(usable, y, tf.zeros_like(y)) for y in s.y]
+    f_start = [_where_rows(usable, f, tf.zeros_like(f)) for f in s.f]
     y1, f1, error, stages = runge_kutta_step(p.fn, p.tableau, s.t, t1, y_start, f_start)
     ratio = None
     if p.controller.uses_error_estimate:
@@ -240,8 +247,8 @@ def integrate_per_sample(fn, y0, t, tableau, rtol, atol, controller, max_num_ste
         quadrature: optional object with ``initial`` (a list of tensors) and
             ``increments(t0, t1, y_start, stages, accept) -> list`` (same shapes as
             ``initial``), called once per iteration with each sample's step
-            ``[t0, t1]`` (``[B]``), its start state and stages (rows of frozen samples
-            zeroed) and ``accept`` ``[B]``; its running sums are returned.
+            ``[t0, t1]`` (``[B]``), its start state and stages (frozen samples take a
+            zero step) and ``accept`` ``[B]``; its running sums are returned.
 
     Returns:
         ``(ys, stats)``: ``ys`` a list of ``[N, B, ...]`` tensors (NaN where a sample
