@@ -408,6 +408,20 @@ def jax_setup(x64):
 # --------------------------------------------------------------------------- #
 
 
+def run_tf_worker(ctx):
+    """Run a workload's single ``"tf"`` worker and print the header line (revision, load before/after).
+
+    Returns the worker's result, or ``None`` after printing its error.
+    """
+    load_start, rev = loadavg(), tfode_revision()
+    res = ctx.run("tf")
+    if "error" in res:
+        print(f"tf worker failed: {res['error']}")
+        return None
+    print(f"tfode {rev}; load average {load_start[0]:.1f} at the start, {loadavg()[0]:.1f} at the end.")
+    return res
+
+
 def print_loadavg(start, end):
     """Print the load averages (``loadavg()``) taken at the start and end of a run."""
     la0, la1 = (tuple(round(x, 2) for x in la) for la in (start, end))

@@ -32,16 +32,13 @@ import dataclasses
 
 import tensorflow as tf
 
+from tfode._captures import dense_gradient
 from tfode.controllers import PIController
 from tfode.per_sample import integrate_per_sample
 from tfode.runge_kutta import along_batch, stage_inputs
 from tfode.solution import SolverStats, Status, add_segment_stats
 
 __all__ = ["backward_per_sample"]
-
-
-def _dense(gradient, like):
-    return tf.zeros_like(like) if gradient is None else tf.convert_to_tensor(gradient)
 
 
 def _row_dot(xs, ys):
@@ -85,7 +82,7 @@ class _ParameterQuadrature:
                     cotangents.append(tf.where(along_batch(accept, a), weighted, tf.zeros_like(a)))
         grads = tape.gradient(outputs, self.params, output_gradients=cotangents,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip
-        return [_dense(g, like) for g, like in zip(grads, self.initial)]
+        return [dense_gradient(g, like) for g, like in zip(grads, self.initial)]
 
 
 def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, initial_step, watched_args=None):
@@ -119,7 +116,7 @@ def backward_per_sample(make_fn, ys, cotangents, t, args, variables, config, ini
             tape.watch(y)
             fy = list(fn(time, y))
         vjps = tape.gradient(fy, y, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return fy + [-_dense(v, like) for v, like in zip(vjps, y)]
+        return fy + [-dense_gradient(v, like) for v, like in zip(vjps, y)]
 
     def row(values, i):
         return [tf.gather(v, i) for v in values]

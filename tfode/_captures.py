@@ -87,6 +87,11 @@ def _all_finite(tensors):
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
 
 
+def dense_gradient(gradient, like):
+    """``gradient`` as a tensor, or zeros shaped like ``like`` where it is ``None`` (unconnected)."""
+    return tf.zeros_like(like) if gradient is None else tf.convert_to_tensor(gradient)
+
+
 def guard_nonfinite_gradients(fn, captures):
     """``fn`` whose gradient is zero where its output is not finite.
 
@@ -122,7 +127,7 @@ def guard_nonfinite_gradients(fn, captures):
             def grad(*cotangents, variables=None):
                 variables = list(variables or [])
                 sources = [t, *inputs, *variables]
-                cotangents = [tf.zeros_like(o) if c is None else c for c, o in zip(cotangents, out)]
+                cotangents = [dense_gradient(c, o) for c, o in zip(cotangents, out)]
 
                 grads = tape.gradient(out, sources, output_gradients=cotangents,
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)  # fmt: skip

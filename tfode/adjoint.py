@@ -32,7 +32,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfode._adjoint_per_sample import backward_per_sample
-from tfode._captures import captured_tensors, is_differentiable_tensor
+from tfode._captures import captured_tensors, dense_gradient, is_differentiable_tensor
 from tfode._tf_compat import stop_recording
 from tfode.controllers import PIController
 from tfode.integrate import integrate
@@ -68,12 +68,6 @@ class BackwardSolve(NamedTuple):
 def _vdot(xs, ys):
     """``sum_leaf sum(x * y)`` in the dtype of ``xs``."""
     return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(xs, ys)])
-
-
-def _dense(gradient, like):
-    if gradient is None:
-        return tf.zeros_like(like)
-    return tf.convert_to_tensor(gradient)
 
 
 def adjoint_integrate(
@@ -160,7 +154,7 @@ def adjoint_integrate(
         def grad(*cotangents, variables=None):
             variables = list(variables or [])
             grads_y0, grad_t, grads_args, grads_vars, bstats = backward(
-                bind, ys, [_dense(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
+                bind, ys, [dense_gradient(c, y) for c, y in zip(cotangents, ys)], t_in, args_in, variables, config,
                 stats.step_size, watched_args=args_in[:num_explicit] + captures,
             )  # fmt: skip
             grads = grads_y0 + [grad_t] + grads_args + grads_vars
@@ -214,7 +208,7 @@ def _backward(make_fn, ys, cotangents, t, args, variables, config, initial_step,
             tape.watch(variables)
             fy = make_fn(args)(time, y)
         vjps = tape.gradient(fy, y + sources, output_gradients=a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        vjps = [_dense(v, like) for v, like in zip(vjps, y + param_templates)]
+        vjps = [dense_gradient(v, like) for v, like in zip(vjps, y + param_templates)]
         return list(fy) + [-v for v in vjps]
 
     rtol0, atol0 = config.rtol[0], config.atol[0]

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from tfode import integrate as joint_loop
 from tfode import per_sample as per_sample_loop
+from tfode._captures import dense_gradient
 from tfode.solution import Status, stats_from_loop
 
 __all__ = ["BASE_STEPS", "JOINT", "PER_SAMPLE", "Loop", "checkpointed_integrate", "spans"]
@@ -187,7 +188,7 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
 
         def grad(*cotangents, variables=None):
             variables = list(variables or [])
-            cotangents = [tf.zeros_like(y) if c is None else tf.convert_to_tensor(c) for c, y in zip(cotangents, ys)]
+            cotangents = [dense_gradient(c, y) for c, y in zip(cotangents, ys)]
             params = [t_in, *captures, *variables]
 
             def base_vjp(carry, num, g, acc):

@@ -19,7 +19,7 @@ from tfode.checkpoint import JOINT, PER_SAMPLE, checkpointed_integrate
 from tfode.config import DEFAULT_MAX_NUM_STEPS, SolverConfig, as_config
 from tfode.integrate import integrate
 from tfode.per_sample import integrate_per_sample
-from tfode.solution import Solution, Status
+from tfode.solution import Solution
 from tfode.solution import raise_on_failure as raise_on_failure_
 from tfode.tableaus import get_tableau
 
@@ -259,7 +259,7 @@ def solve(
                               _allow_repeated_times)  # fmt: skip
         if cached is not None:
             ys, stats = cached
-            if raise_on_failure and np.any(stats.status.numpy() != int(Status.SUCCESS)):
+            if raise_on_failure:  # eagerly: raises IntegrationError naming the first failed sample
                 raise_on_failure_(ys, stats, problem.t[..., -1])
             return Solution(ts=problem.t, ys=tf.nest.pack_sequence_as(problem.structure, ys), stats=stats)
     ys, stats, problem = _solve(func, y0, t, config, args, backward_stats, raise_on_failure, raise_on_failure, name,

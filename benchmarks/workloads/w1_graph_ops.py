@@ -75,13 +75,9 @@ def add_args(p):
 
 def report(args, ctx):
     args.sizes = C.split_list(args.sizes)
-    load_start, rev = C.loadavg(), C.tfode_revision()
-    res = ctx.run("tf")
-    if "error" in res:
-        print(f"tf worker failed: {res['error']}")
+    res = C.run_tf_worker(ctx)
+    if res is None:
         return None
-    load_end = C.loadavg()
-    print(f"tfode {rev}; load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end.")
     print()
     print("| size | impl | loop-body ops | steps | CPU median ms | wall median ms | graph / xla (CPU) |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -120,13 +120,9 @@ def add_args(p):
 def report(args, ctx):
     args.sizes = C.split_list(args.sizes)
     args.plain_loop = C.split_list(args.plain_loop)
-    load_start, rev = C.loadavg(), C.tfode_revision()
-    res = ctx.run("tf")
-    if "error" in res:
-        print(f"tf worker failed: {res['error']}")
+    res = C.run_tf_worker(ctx)
+    if res is None:
         return None
-    load_end = C.loadavg()
-    print(f"tfode {rev}; load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end.")
     mode = "per sample (batch_axis=0)" if args.per_sample else "joint"
     print(f"Direct-mode gradient (adjoint=False), {mode}, default max_num_steps, one process, round-robin:")
     print()
