@@ -523,7 +523,8 @@ def _check_c_runs(runs, loaded):
         bound = ATOL + slack.get(name, 0.0)
         np.testing.assert_allclose(c_served[name], value, rtol=0, atol=bound, err_msg=f"serving_default:{name}")
     if "num_fn_evals" in py_served and all(
-        np.max(np.abs(c_served[k] - np.asarray(v)), initial=0.0) <= ATOL for k, v in py_served.items()
+        np.max(np.abs(c_served[k] - np.asarray(v)), initial=0.0) <= ATOL
+        for k, v in py_served.items()
         if k != "num_fn_evals"
     ):
         np.testing.assert_array_equal(c_served["num_fn_evals"], py_served["num_fn_evals"])
