@@ -258,14 +258,21 @@ class PIController(StepSizeController):
         # max_factor clip then limits growth). Non-finite ratios shrink the step.
         safe_ratio = tf.where(ratio_finite, tf.maximum(ratio, _const(1e-10, dtype)), tf.ones([], dtype))
         safety = _const(self.safety, dtype)
-        factor = safety * safe_ratio ** _const(-beta1, dtype) * memory ** _const(beta2, dtype)
-        factor_rejected = tf.minimum(safety * safe_ratio ** _const(-1.0 / error_order, dtype), _const(1.0, dtype))
+        # Terms that are static no-ops are not built (bit-identical results, fewer ops
+        # per step in graph mode): memory**0 == 1, and with beta1 == 1/q the rejected
+        # step's proportional term is the accepted one's.
+        proportional = safety * safe_ratio ** _const(-beta1, dtype)
+        factor = proportional if beta2 == 0.0 else proportional * memory ** _const(beta2, dtype)
+        if beta1 != 1.0 / error_order:
+            proportional = safety * safe_ratio ** _const(-1.0 / error_order, dtype)
+        factor_rejected = tf.minimum(proportional, _const(1.0, dtype))
         factor = tf.where(accept, factor, factor_rejected)
         factor = tf.where(ratio_finite, factor, _const(self.min_factor, dtype))
         factor = tf.clip_by_value(factor, _const(self.min_factor, dtype), _const(self.max_factor, dtype))
-        # Remember at least 1e-4 as dopri5.f does, so one tiny error does not
-        # make the previous-error term dominate the next proposal.
-        memory = tf.where(accept, tf.maximum(safe_ratio, _const(1e-4, dtype)), memory)
+        if beta2 != 0.0:
+            # Remember at least 1e-4 as dopri5.f does, so one tiny error does not
+            # make the previous-error term dominate the next proposal.
+            memory = tf.where(accept, tf.maximum(safe_ratio, _const(1e-4, dtype)), memory)
         min_step, max_step = self._bounds(step.dtype)
         next_step = tf.clip_by_value(step * tf.cast(factor, step.dtype), min_step, max_step)
         stuck = tf.logical_not(accept) & ((step <= min_step) | tf.equal(t_now + direction * next_step, t_now))

@@ -60,7 +60,7 @@ class _Problem(NamedTuple):
 
 def _all_finite(leaves):
     checks = [tf.reduce_all(tf.math.is_finite(leaf)) for leaf in leaves]
-    return tf.reduce_all(tf.stack(checks))
+    return checks[0] if len(checks) == 1 else tf.reduce_all(tf.stack(checks))
 
 
 def _time_at(p, index):
@@ -144,9 +144,10 @@ def _loop_body(p, max_num_steps, s):
                                                             p.tableau.error_order)  # fmt: skip
     index, buffers = _write_outputs(p, s, t1, y1, stages, accept)
     num_steps = s.num_steps + 1
-    status = tf.where(tf.equal(failure, int(Status.RUNNING)), s.status, failure)
-    out_of_budget = tf.equal(status, int(Status.RUNNING)) & (num_steps >= max_num_steps)
-    status = tf.where(out_of_budget, int(Status.MAX_STEPS_REACHED), status)
+    # The body runs only while s.status is RUNNING, so the new status is the step's failure
+    # (RUNNING = -1 when none), else MAX_STEPS_REACHED (1, below every step failure's code)
+    # once the budget is spent; reaching the last time overrides both.
+    status = tf.where(num_steps >= max_num_steps, tf.maximum(failure, int(Status.MAX_STEPS_REACHED)), failure)
     status = tf.where(index >= p.num_times, int(Status.SUCCESS), status)
     return _LoopState(
         t=tf.where(accept, t1, s.t),
