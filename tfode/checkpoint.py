@@ -44,6 +44,7 @@ import tensorflow as tf
 from tfode import integrate as joint_loop
 from tfode import per_sample as per_sample_loop
 from tfode._captures import dense_gradient
+from tfode.runge_kutta import along_batch
 from tfode.solution import Status, stats_from_loop
 
 __all__ = ["BASE_STEPS", "JOINT", "PER_SAMPLE", "Loop", "checkpointed_integrate", "spans"]
@@ -228,8 +229,8 @@ def checkpointed_integrate(fn, y0, t, captures, tableau, rtol, atol, controller,
             # where the solve reached it (NaN elsewhere). ys[0] is y0 itself.
             reached = final.index >= p.num_times
             g_y = [tf.zeros_like(y) for y in final.y]
-            if not p.dense and t.shape[0] == 2:
-                g_y = [tf.where(reached, c[1], tf.zeros_like(c[1])) for c in cotangents]
+            if not p.dense and p.num_times == 2:
+                g_y = [tf.where(along_batch(reached, c[1]), c[1], tf.zeros_like(c[1])) for c in cotangents]
             g = [tf.zeros_like(final.t), *g_y, *[tf.zeros_like(f) for f in final.f]]
             acc = [tf.zeros_like(x) for x in params]
             g, acc = _reverse(span_vjp, checkpoints, count, span, loop.iterations(final), g, acc, top_slots)

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from tfode._tf_compat import in_xla_context
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
 from tfode.runge_kutta import along_batch, runge_kutta_step
@@ -88,7 +89,7 @@ class _Problem(NamedTuple):
     controller: Any
     error_mask: Any
     quadrature: Any
-    dense: bool = True  # every output time is written by dense output (the joint loop's flag)
+    dense: bool  # output buffers written by dense output; False for N <= 2 (the last time is the final state)
 
 
 def _rows_finite(leaves):
@@ -132,7 +133,7 @@ def initial_state(p, y0, inputs_valid):
         status = tf.where(inputs_valid, status, int(Status.INVALID_INPUT))
     status = tf.where(tf.equal(p.num_times, 1) & tf.equal(status, int(Status.RUNNING)), int(Status.SUCCESS), status)
     buffers = []
-    for leaf in given:
+    for leaf in given if p.dense else ():
         # Row 0 holds y0, the rest NaN until written (a concat: a scatter fails on an empty batch).
         nan = tf.fill(tf.concat([[p.num_times - 1], tf.shape(leaf)], axis=0), tf.constant(float("nan"), leaf.dtype))
         buffers.append(tf.concat([leaf[None], nan], axis=0))
@@ -146,12 +147,16 @@ def initial_state(p, y0, inputs_valid):
 def _write_outputs(p, s, t1, y_start, y1, stages, accept):
     """Dense output for every sample's requested times in ``(t, t1]``; returns ``(index, buffers)``.
 
-    One inner iteration writes at most one output time per sample (a masked scatter
-    into ``[N, B, ...]``), so the shapes are static; it runs while any sample has a
-    covered time left.
+    Without dense output (``N <= 2``) a sample's last time is reached when an accepted
+    step lands on it. Under XLA (static shapes) one inner iteration writes at most one
+    output time per sample (a masked scatter into ``[N, B, ...]``) while any sample has
+    a covered time left; elsewhere every covered time at once (``_write_covered``).
     """
+    if not p.dense:
+        return s.index + tf.cast(accept & tf.equal(t1, p.t_end), tf.int32), s.buffers
+    if not in_xla_context():
+        return _write_covered(p, s, t1, y_start, y1, stages, accept)
     span = t1 - s.t
-    dt = span
     batch = tf.shape(span)[0]
     rows = tf.range(batch)
 
@@ -160,12 +165,8 @@ def _write_outputs(p, s, t1, y_start, y1, stages, accept):
 
     def body(index, buffers):
         write = covered(index)
-        times = _next_output_time(p, index)
-        # A zero-length step (repeated output times) sits at theta = 1.
-        theta = tf.where(
-            tf.equal(span, 0), tf.ones_like(span), (times - s.t) / tf.where(tf.equal(span, 0), tf.ones_like(span), span)
-        )
-        values = dense_output(p.tableau, y_start, y1, stages, tf.cast(dt, y1[0].dtype),
+        theta = _theta(s.t, span, _next_output_time(p, index))
+        values = dense_output(p.tableau, y_start, y1, stages, tf.cast(span, y1[0].dtype),
                               tf.cast(theta, y1[0].dtype), per_sample=True)  # fmt: skip
         positions = tf.stack([tf.minimum(index, p.num_times - 1), rows], axis=1)
         updated = []
@@ -176,6 +177,50 @@ def _write_outputs(p, s, t1, y_start, y1, stages, accept):
 
     return tf.while_loop(lambda index, _: tf.reduce_any(covered(index)), body, (s.index, s.buffers),
                          maximum_iterations=p.num_times)  # fmt: skip
+
+
+def _theta(t0, span, times):
+    """``(times - t0) / span``; a zero-length step (repeated output times) sits at theta = 1."""
+    zero = tf.equal(span, 0)
+    return tf.where(zero, tf.ones_like(times), (times - t0) / tf.where(zero, tf.ones_like(span), span))
+
+
+def _write_covered(p, s, t1, y_start, y1, stages, accept):
+    """Every sample's covered output times in one interpolant evaluation and one scatter (dynamic shapes).
+
+    Sample ``b`` covers ``count[b]`` times from ``index[b]`` on (its times are sorted along
+    its direction). With ``K = max(count)``, the interpolant is evaluated at ``[K, B]``
+    points (the step's data tiled ``K`` times along the batch) and the covered ones are
+    scattered into ``[N, B, ...]``.
+    """
+    batch = tf.shape(t1)[0]
+    later = tf.range(p.num_times)[None, :] >= s.index[:, None]  # [B, N]
+    reached = p.direction[:, None] * (p.t - t1[:, None]) <= 0
+    count = tf.where(accept, tf.reduce_sum(tf.cast(later & reached, tf.int32), axis=1), 0)  # [B]
+    k = tf.range(tf.maximum(tf.reduce_max(count), 0))  # [K]; an empty batch has K = 0
+    positions = s.index[None, :] + k[:, None]  # [K, B]
+    write = k[:, None] < count[None, :]
+    clipped = tf.transpose(tf.minimum(positions, p.num_times - 1))  # [B, K]
+    times = tf.transpose(tf.gather(p.t, clipped, axis=1, batch_dims=1))  # [K, B]
+    span = t1 - s.t
+    theta = _theta(s.t[None, :], span[None, :], times)
+    copies = tf.shape(k)[0]
+
+    def tiled(x):  # [B, ...] -> [K * B, ...], copy j at rows j*B .. (j+1)*B-1
+        return tf.tile(x, tf.concat([[copies], tf.ones([x.shape.rank - 1], tf.int32)], axis=0))
+
+    dtype = y1[0].dtype
+    values = dense_output(p.tableau, [tiled(y) for y in y_start], [tiled(y) for y in y1],
+                          [[tiled(x) for x in stage] for stage in stages], tf.cast(tiled(span), dtype),
+                          tf.cast(tf.reshape(theta, [-1]), dtype), per_sample=True)  # fmt: skip
+    rows = tf.broadcast_to(tf.range(batch)[None, :], tf.shape(positions))
+    targets = tf.boolean_mask(tf.stack([positions, rows], axis=-1), write)  # [W, 2]
+    flat_write = tf.reshape(write, [-1])
+    buffers = tuple(
+        tf.tensor_scatter_nd_update(buffer, targets, tf.boolean_mask(value, flat_write))
+        for buffer, value in zip(s.buffers, values)
+    )
+    return s.index + count, buffers
 
 
 def _loop_body(p, max_num_steps, s):
@@ -276,9 +321,11 @@ def make_problem(fn, t, tableau, rtol, atol, controller, error_mask=None, quadra
     num_times = t.shape[1] if t.shape[1] is not None else tf.shape(t)[1]
     direction = tf.sign(t[:, -1] - t[:, 0])
     direction = tf.where(tf.equal(direction, 0), tf.ones_like(direction), direction)
+    # Every sample's steps land exactly on its last time, so with N <= 2 no buffer is needed.
+    dense = t.shape[1] is None or t.shape[1] > 2
     return _Problem(fn=fn, t=t, num_times=num_times, t_end=t[:, -1], direction=direction, tableau=tableau,
                     rtol=rtol, atol=atol, controller=controller, error_mask=error_mask,
-                    quadrature=quadrature)  # fmt: skip
+                    quadrature=quadrature, dense=dense)  # fmt: skip
 
 
 def run_steps(p, state, max_num_steps, max_iterations, stop=None):
@@ -301,9 +348,15 @@ def run_steps(p, state, max_num_steps, max_iterations, stop=None):
 
 def collect_outputs(p, y0, final):
     """``[N, B, ...]`` outputs (NaN where a sample did not reach a time; internal)."""
-    return list(final.buffers)
+    if p.dense:
+        return list(final.buffers)
+    reached = final.index >= p.num_times
+    last = [_where_rows(reached, y, tf.fill(tf.shape(y), tf.constant(float("nan"), y.dtype))) for y in final.y]
+    return [tf.stack([a, b][: p.num_times]) for a, b in zip(y0, last)]
 
 
 def zero_buffers(p, like):
-    """Output buffers of zeros ``[N, B, ...]`` for the leaves ``like`` (internal)."""
+    """Output buffers of zeros ``[N, B, ...]`` for the leaves ``like`` (internal; none without dense output)."""
+    if not p.dense:
+        return ()
     return tuple(tf.zeros(tf.concat([[p.num_times], tf.shape(leaf)], axis=0), leaf.dtype) for leaf in like)

@@ -16,10 +16,14 @@ Implementations (one TF process pinned to one core, timed round-robin):
                  NFE) in a ``tf.while_loop``, without XLA: the part of a graph-mode
                  solve that no loop design removes.
     field-xla    the same under XLA.
+    per-sample-graph  tfode with SolverConfig(batch_axis=0) and times [B, 2] (what
+                 ``tfode.serving.export`` serves), without XLA.
+    per-sample-xla    the same under XLA.
 
 Columns: loop-body ops (``tfode._graph_ops.integration_loop_ops``: ops in the
 integration loop's while body, Const included; for the controls, their own loop
-body), steps (attempted), CPU and wall medians (ms) over --repeats calls after 3
+body and its nested loops), steps (attempted; per sample: the most any sample
+took), CPU and wall medians (ms) over --repeats calls after 3
 warm-ups, CPU ms per step, graph / xla CPU ratio of each pair (target for tfode
 <= 1.5 at D=2).
 
@@ -68,6 +72,17 @@ def _tf(args, frameworks):
         def make_lean(jit_compile):
             return tf.function(lambda y0: _lean_dopri5(tf, field, tableau, y0, 1.0, args.tol), jit_compile=jit_compile)
 
+        t_rows = tf.tile(t_span[None], [y0.shape[0], 1])
+        per_sample = tfode.SolverConfig(rtol=args.tol, atol=args.tol, batch_axis=0)
+
+        def make_per_sample(jit_compile):
+            @tf.function(jit_compile=jit_compile)
+            def fn(y0):
+                sol = tfode.solve(field, y0, t_rows, per_sample)
+                return sol.ys[-1], tf.reduce_max(sol.stats.num_steps)
+
+            return fn
+
         steps = int(make(False)(y0)[1])
         evals = tableau.fn_evals_per_step * steps + 1
 
@@ -79,9 +94,10 @@ def _tf(args, frameworks):
             return tf.function(repeat, jit_compile=jit_compile)
 
         fns = {"graph": make(False), "xla": make(True), "lean-graph": make_lean(False), "lean-xla": make_lean(True),
-               "field-graph": make_field(False), "field-xla": make_field(True)}  # fmt: skip
+               "field-graph": make_field(False), "field-xla": make_field(True),
+               "per-sample-graph": make_per_sample(False), "per-sample-xla": make_per_sample(True)}  # fmt: skip
         counts = {"graph": sum(ops.values())}
-        for name in ("lean-graph", "field-graph"):
+        for name in ("lean-graph", "field-graph", "per-sample-graph"):
             bodies = while_body_ops(fns[name].get_concrete_function(y0).graph)
             counts[name] = sum(sum(c.values()) for c in bodies.values())
         outs = {name: fn(y0) for name, fn in fns.items()}
