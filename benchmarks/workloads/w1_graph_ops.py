@@ -42,9 +42,7 @@ def _tf(args, frameworks):
     import numpy as np
 
     import tfode
-    from tfode._graph_ops import integration_loop_ops
-
-    from tfode._graph_ops import while_body_ops
+    from tfode._graph_ops import integration_loop_ops, while_body_ops
     from tfode.tableaus import get_tableau
 
     results = {"versions": C.versions(tensorflow=tf, tfode=tfode), "rows": []}
@@ -155,7 +153,8 @@ def report(args, ctx):
     if res is None:
         return None
     print()
-    print("| size | impl | loop-body ops | steps | CPU median ms | wall median ms | CPU ms / step | graph / xla (CPU) |")
+    print("| size | impl | loop-body ops | steps | CPU median ms | wall median ms | CPU ms / step "
+          "| graph / xla (CPU) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     medians = {(r["size"], r["impl"]): C.summary(r["cpu_ms"])[0] for r in res["rows"]}
     tops = {}
