@@ -21,7 +21,7 @@ import tensorflow as tf
 from tfode._tf_compat import in_xla_context
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
-from tfode.runge_kutta import runge_kutta_step
+from tfode.runge_kutta import runge_kutta_step, select_rows
 from tfode.solution import Status, stats_from_loop
 
 __all__ = ["integrate"]
@@ -152,8 +152,8 @@ def _loop_body(p, max_num_steps, s):
     return _LoopState(
         t=tf.where(accept, t1, s.t),
         step=tf.stop_gradient(next_step),
-        y=tuple(tf.where(accept, a, b) for a, b in zip(y1, s.y)),
-        f=tuple(tf.where(accept, a, b) for a, b in zip(f1, s.f)),
+        y=tuple(select_rows(accept, a, b) for a, b in zip(y1, s.y)),
+        f=tuple(select_rows(accept, a, b) for a, b in zip(f1, s.f)),
         memory=memory,
         index=index,
         num_steps=num_steps,

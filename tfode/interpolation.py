@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfode.runge_kutta import along_batch
+from tfode.runge_kutta import along_batch, select_rows
 
 __all__ = ["dense_output"]
 
@@ -45,7 +45,10 @@ def dense_output(tableau, y0, y1, stages, dt, theta, per_sample=False):
             terms = [_broadcast(w, theta, like, per_sample) * k[leaf] for w, k in zip(weights, stages) if w is not None]
             step = along_batch(dt, like) if per_sample else dt
             value = like + step * tf.add_n(terms)
-            out.append(tf.where(_broadcast(theta, theta, like, per_sample) >= 1, y1[leaf], value))
+            if per_sample or theta.shape.rank == 0:
+                out.append(select_rows(theta >= 1, y1[leaf], value))
+            else:
+                out.append(tf.where(_broadcast(theta, theta, like, per_sample) >= 1, y1[leaf], value))
         return out
 
 

@@ -46,7 +46,7 @@ import tensorflow as tf
 from tfode._tf_compat import in_xla_context
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
-from tfode.runge_kutta import along_batch, runge_kutta_step
+from tfode.runge_kutta import runge_kutta_step, select_rows
 from tfode.solution import Status, stats_from_loop
 
 __all__ = [
@@ -100,7 +100,7 @@ def _rows_finite(leaves):
 
 def _where_rows(keep, a, b):
     """``a`` where ``keep`` ``[B]`` else ``b``, per sample."""
-    return tf.where(along_batch(keep, a), a, b)
+    return select_rows(keep, a, b)
 
 
 def _next_output_time(p, index):
