@@ -151,6 +151,53 @@ def test_xla_compiles_and_matches_graph_mode():
     np.testing.assert_allclose(xla_ys.numpy(), graph_ys.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_graph_mode_writes_every_covered_time_as_the_xla_loop_does():
+    """Outside XLA a step's covered output times are written at once (one scatter), under XLA one per
+    inner iteration: the same values, with many times per step, padded repeats, a backward row and a
+    failed sample; and eagerly without the cache too."""
+    k = tf.constant([1.0, 3.0, 0.5, 2.0], F64)
+    field = lambda t, y: -y * k[:, None] * (1.0 + 0.1 * t[:, None])  # noqa: E731
+    dense = np.linspace(0.0, 2.0, 41)
+    times = np.stack([dense, dense * 0.5, 2.0 - dense, np.minimum(dense, 1.2)])  # row 3: padded repeats
+    y0 = tf.constant([[1.0, -2.0], [0.5, 0.0], [1.0, 1.0], [np.nan, 1.0]], F64)
+    config = tfode.SolverConfig(rtol=1e-8, atol=1e-8, batch_axis=0)
+
+    def run(y0):
+        sol = tfode.solve(field, y0, tf.constant(times, F64), config, raise_on_failure=False)
+        return sol.ys, sol.stats.num_steps, sol.stats.status
+
+    results = {"graph": tf.function(run)(y0), "xla": tf.function(run, jit_compile=True)(y0)}
+    sol = tfode.solve(field, y0, tf.constant(times, F64), config, raise_on_failure=False, eager_cache=False)
+    results["eager"] = (sol.ys, sol.stats.num_steps, sol.stats.status)
+    graph_ys = results["graph"][0].numpy()
+    assert int(results["graph"][1][0]) < len(dense) - 1  # several output times per step
+    for name in ("xla", "eager"):
+        ys, steps, status = (x.numpy() for x in results[name])
+        np.testing.assert_array_equal(steps, results["graph"][1].numpy(), err_msg=name)
+        np.testing.assert_array_equal(status, results["graph"][2].numpy(), err_msg=name)
+        np.testing.assert_allclose(ys, graph_ys, rtol=1e-12, atol=1e-14, err_msg=name)
+    assert np.all(np.isnan(graph_ys[1:, 3])) and list(results["graph"][2].numpy()[:3]) == [0, 0, 0]
+    # Against the exact solution y0 exp(-k (t - t0 + 0.05 (t^2 - t0^2))) of the three rows that run.
+    t_rows, t0 = times.T[:, :3, None], times.T[:1, :3, None]
+    exact = y0.numpy()[None, :3] * np.exp(-k.numpy()[None, :3, None] * (t_rows - t0 + 0.05 * (t_rows**2 - t0**2)))
+    np.testing.assert_allclose(graph_ys[:, :3], exact, rtol=1e-6, atol=1e-8)
+
+
+def test_end_time_only_rows_hold_the_start_and_the_end():
+    """With times [B, 2] no output buffer is written: row 0 is y0 as given, row 1 the final state
+    where the sample reached it (NaN where it failed), in graph mode and under XLA."""
+    y0 = tf.constant([[1.0], [np.nan], [2.0]], F64)
+    times = tf.constant([[0.0, 1.0], [0.0, 1.0], [0.0, -0.5]], F64)
+    config = tfode.SolverConfig(rtol=1e-9, atol=1e-9, batch_axis=0)
+    for jit_compile in (False, True):
+        sol = tf.function(lambda y: tfode.solve(lambda t, y: -y, y, times, config, raise_on_failure=False),
+                          jit_compile=jit_compile)(y0)  # fmt: skip
+        ys = sol.ys.numpy()
+        np.testing.assert_array_equal(ys[0], y0.numpy())
+        np.testing.assert_allclose(ys[1, [0, 2], 0], [np.exp(-1.0), 2.0 * np.exp(0.5)], rtol=1e-8)
+        assert np.isnan(ys[1, 1, 0]) and list(sol.stats.status.numpy()) == [0, 3, 0]
+
+
 def test_per_sample_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="batch_axis must be None"):
         tfode.SolverConfig(batch_axis=1)
