@@ -151,15 +151,17 @@ def test_xla_compiles_and_matches_graph_mode():
     np.testing.assert_allclose(xla_ys.numpy(), graph_ys.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_graph_mode_writes_every_covered_time_as_the_xla_loop_does():
-    """Outside XLA a step's covered output times are written at once (one scatter), under XLA one per
-    inner iteration: the same values, with many times per step, padded repeats, a backward row and a
+@pytest.mark.parametrize("copies", [1, 600], ids=["small-state", "large-state"])
+def test_graph_mode_writes_every_covered_time_as_the_xla_loop_does(copies):
+    """Outside XLA a small state's covered output times are written at once (one scatter); under XLA,
+    and for states over ``_COVERED_AT_ONCE_MAX_ELEMENTS`` (1200 elements here), one per inner
+    iteration: the same values, with many times per step, padded repeats, a backward row and a
     failed sample; and eagerly without the cache too."""
     k = tf.constant([1.0, 3.0, 0.5, 2.0], F64)
     field = lambda t, y: -y * k[:, None] * (1.0 + 0.1 * t[:, None])  # noqa: E731
     dense = np.linspace(0.0, 2.0, 41)
     times = np.stack([dense, dense * 0.5, 2.0 - dense, np.minimum(dense, 1.2)])  # row 3: padded repeats
-    y0 = tf.constant([[1.0, -2.0], [0.5, 0.0], [1.0, 1.0], [np.nan, 1.0]], F64)
+    y0 = tf.constant(np.tile([[1.0, -2.0], [0.5, 0.0], [1.0, 1.0], [np.nan, 1.0]], [1, copies]), F64)
     config = tfode.SolverConfig(rtol=1e-8, atol=1e-8, batch_axis=0)
 
     def run(y0):

@@ -148,13 +148,14 @@ def _write_outputs(p, s, t1, y_start, y1, stages, accept):
     """Dense output for every sample's requested times in ``(t, t1]``; returns ``(index, buffers)``.
 
     Without dense output (``N <= 2``) a sample's last time is reached when an accepted
-    step lands on it. Under XLA (static shapes) one inner iteration writes at most one
-    output time per sample (a masked scatter into ``[N, B, ...]``) while any sample has
-    a covered time left; elsewhere every covered time at once (``_write_covered``).
+    step lands on it. Under XLA (static shapes), and for large states, one inner iteration
+    writes at most one output time per sample (a masked scatter into ``[N, B, ...]``) while
+    any sample has a covered time left; otherwise every covered time at once
+    (``_write_covered``).
     """
     if not p.dense:
         return s.index + tf.cast(accept & tf.equal(t1, p.t_end), tf.int32), s.buffers
-    if not in_xla_context():
+    if not in_xla_context() and _elements_per_sample(y1) <= _COVERED_AT_ONCE_MAX_ELEMENTS:
         return _write_covered(p, s, t1, y_start, y1, stages, accept)
     span = t1 - s.t
     batch = tf.shape(span)[0]
@@ -185,13 +186,31 @@ def _theta(t0, span, times):
     return tf.where(zero, tf.ones_like(times), (times - t0) / tf.where(zero, tf.ones_like(span), span))
 
 
+# The one-scatter writer tiles the step's stages K times (K: the most output times one sample's
+# step covers), transient memory ~ K * B * stages * elements; it pays off where per-op dispatch
+# dominates, i.e. small states. Larger states keep the inner loop (memory ~ B * elements).
+_COVERED_AT_ONCE_MAX_ELEMENTS = 1024
+
+
+def _elements_per_sample(leaves):
+    """Static number of state elements per sample (every leaf's non-batch axes); ``inf`` if unknown."""
+    total = 0
+    for leaf in leaves:
+        dims = leaf.shape[1:]
+        if not dims.is_fully_defined():
+            return float("inf")
+        total += dims.num_elements()
+    return total
+
+
 def _write_covered(p, s, t1, y_start, y1, stages, accept):
     """Every sample's covered output times in one interpolant evaluation and one scatter (dynamic shapes).
 
     Sample ``b`` covers ``count[b]`` times from ``index[b]`` on (its times are sorted along
     its direction). With ``K = max(count)``, the interpolant is evaluated at ``[K, B]``
     points (the step's data tiled ``K`` times along the batch) and the covered ones are
-    scattered into ``[N, B, ...]``.
+    scattered into ``[N, B, ...]``. Used outside XLA for states of at most
+    ``_COVERED_AT_ONCE_MAX_ELEMENTS`` elements per sample.
     """
     batch = tf.shape(t1)[0]
     later = tf.range(p.num_times)[None, :] >= s.index[:, None]  # [B, N]
