@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import tfode  # noqa: E402
 from tfode._graph_ops import integration_loop_ops, while_body_ops  # noqa: E402
 
 # (method, number of times) -> ops in the loop body. Before the FSAL tableaus reused the last
@@ -32,6 +33,20 @@ def test_loop_body_op_count_does_not_regress(method, num_times):
     evaluations = 4 if method == "rk4" else 6  # new evaluations per step (FSAL: the 7th is the next step's first)
     assert counts["Neg"] == evaluations
     assert sum(counts.values()) <= BOUNDS[(method, num_times)], counts.most_common()
+
+
+# Per-sample loop (what served signatures run), batch size unknown as in an export: before the
+# static-rank row checks, 394 / 696.
+PER_SAMPLE_BOUNDS = {2: 316, 5: 618}
+
+
+@pytest.mark.parametrize("num_times", PER_SAMPLE_BOUNDS, ids=[f"T{n}" for n in PER_SAMPLE_BOUNDS])
+def test_per_sample_loop_body_op_count_does_not_regress(num_times):
+    t = tf.tile(tf.linspace(0.0, 1.0, num_times)[None], [3, 1])
+    config = tfode.SolverConfig(rtol=1e-5, atol=1e-5, batch_axis=0)
+    counts = integration_loop_ops(lambda t, y: -y, tf.TensorSpec([None, 3]), t, solver=config)
+    assert counts["Neg"] == 6
+    assert sum(counts.values()) <= PER_SAMPLE_BOUNDS[num_times], counts.most_common()
 
 
 def test_while_body_ops_sees_nested_loops():

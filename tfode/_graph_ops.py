@@ -47,6 +47,9 @@ def while_body_ops(graph):
 def integration_loop_ops(func, y0, t, **solve_kwargs):
     """Op types in the body of the integration loop of ``tfode.solve(func, y0, t, **solve_kwargs)``.
 
+    ``y0`` may be a ``tf.TensorSpec`` (e.g. with an unknown batch size, as a served signature
+    traces it); the joint and the per-sample (``batch_axis=0``) loops are both found.
+
     The solve is traced once in a ``tf.function`` (graph mode, no XLA) and the body
     of its ``integrate`` while loop is counted (``Const`` included: in a loop frame
     constants run every iteration too).
@@ -58,7 +61,8 @@ def integration_loop_ops(func, y0, t, **solve_kwargs):
 
     traced = tf.function(lambda y: solve(func, y, t, **solve_kwargs).ys, autograph=False)
     loops = while_body_ops(traced.get_concrete_function(y0).graph)
-    main = [name for name in loops if name.split("/")[-1].startswith("while") and "integrate/" in name]
+    main = [name for name in loops if name.split("/")[-1].startswith("while")
+            and ("integrate/" in name or "integrate_per_sample/" in name)]  # fmt: skip
     if not main:
         raise ValueError(f"no integration loop in the traced solve; while loops: {sorted(loops)}")
     return loops[min(main, key=len)]

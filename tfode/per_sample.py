@@ -93,9 +93,9 @@ class _Problem(NamedTuple):
 
 
 def _rows_finite(leaves):
-    """``[B]``: whether every element of each sample is finite."""
-    checks = [tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1) for x in leaves]
-    return tf.reduce_all(tf.stack(checks), axis=0)
+    """``[B]``: whether every element of each sample is finite (leaves ``[B, ...]`` of static rank)."""
+    checks = [tf.reduce_all(tf.math.is_finite(x), axis=list(range(1, x.shape.rank))) for x in leaves]
+    return checks[0] if len(checks) == 1 else tf.reduce_all(tf.stack(checks), axis=0)
 
 
 def _where_rows(keep, a, b):
