@@ -165,12 +165,18 @@ def _loop_body(p, max_num_steps, s):
     )
 
 
+def end_time_outputs(y0, y_end, reached, num_times):
+    """Outputs without dense output (``num_times <= 2``, static): ``[y0, y_end]`` stacked per leaf, ``y_end``
+    NaN where not ``reached`` (a scalar, or ``[B]`` per sample; internal)."""
+    nan = [tf.fill(tf.shape(y), tf.constant(float("nan"), y.dtype)) for y in y_end]
+    last = [select_rows(reached, y, missing) for y, missing in zip(y_end, nan)]
+    return [tf.stack([a, b][:num_times]) for a, b in zip(y0, last)]
+
+
 def collect_outputs(p, y0, final):
     """``[T, *leaf.shape]`` outputs; times the solve did not reach hold NaN."""
     if not p.dense:
-        reached = final.index >= p.num_times
-        nan_unless_reached = [tf.where(reached, b, tf.constant(float("nan"), b.dtype)) for b in final.y]
-        return [tf.stack([a, b][: p.num_times]) for a, b in zip(y0, nan_unless_reached)]
+        return end_time_outputs(y0, final.y, final.index >= p.num_times, p.num_times)
 
     def body(index, buffers):
         nan = [tf.fill(tf.shape(leaf), tf.constant(float("nan"), leaf.dtype)) for leaf in y0]

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tfode._tf_compat import in_xla_context
+from tfode.integrate import end_time_outputs
 from tfode.interpolation import dense_output
 from tfode.norms import scaled_error_ratio
 from tfode.runge_kutta import runge_kutta_step, select_rows
@@ -98,11 +99,6 @@ def _rows_finite(leaves):
     return checks[0] if len(checks) == 1 else tf.reduce_all(tf.stack(checks), axis=0)
 
 
-def _where_rows(keep, a, b):
-    """``a`` where ``keep`` ``[B]`` else ``b``, per sample."""
-    return select_rows(keep, a, b)
-
-
 def _next_output_time(p, index):
     return tf.gather(p.t, tf.minimum(index, p.num_times - 1), axis=1, batch_dims=1)
 
@@ -113,14 +109,14 @@ def initial_state(p, y0, inputs_valid):
     batch = tf.shape(t0)[0]
     given = y0
     y0_finite = _rows_finite(y0)
-    y0 = [_where_rows(y0_finite, y, tf.zeros_like(y)) for y in y0]  # a NaN start fails its sample alone
+    y0 = [select_rows(y0_finite, y, tf.zeros_like(y)) for y in y0]  # a NaN start fails its sample alone
     # f0 twice: a sample whose derivative is not finite fails alone, and the others' f0 comes
     # from an evaluation with that row zeroed, whose gradient no NaN row can poison
     # (a tf.cond would do it only when needed, but a cond's gradient inside a loop cannot
     # capture the field's variables).
     f0_finite = _rows_finite(tf.nest.map_structure(tf.stop_gradient, list(p.fn(t0, y0))))
     # A sample that fails here is frozen at the zero state with f there (see the module docstring).
-    safe = [_where_rows(f0_finite, y, tf.zeros_like(y)) for y in y0]
+    safe = [select_rows(f0_finite, y, tf.zeros_like(y)) for y in y0]
     f0 = list(p.fn(t0, safe))
     step0, memory, extra = p.controller.initial(p.fn, t0, safe, f0, p.t, p.direction, p.tableau, p.rtol, p.atol,
                                                 p.error_mask, per_sample=True)  # fmt: skip
@@ -173,17 +169,11 @@ def _write_outputs(p, s, t1, y_start, y1, stages, accept):
         updated = []
         for buffer, value in zip(buffers, values):
             old = tf.gather_nd(buffer, positions)
-            updated.append(tf.tensor_scatter_nd_update(buffer, positions, _where_rows(write, value, old)))
+            updated.append(tf.tensor_scatter_nd_update(buffer, positions, select_rows(write, value, old)))
         return index + tf.cast(write, tf.int32), tuple(updated)
 
     return tf.while_loop(lambda index, _: tf.reduce_any(covered(index)), body, (s.index, s.buffers),
                          maximum_iterations=p.num_times)  # fmt: skip
-
-
-def _theta(t0, span, times):
-    """``(times - t0) / span``; a zero-length step (repeated output times) sits at theta = 1."""
-    zero = tf.equal(span, 0)
-    return tf.where(zero, tf.ones_like(times), (times - t0) / tf.where(zero, tf.ones_like(span), span))
 
 
 # The one-scatter writer tiles the step's stages K times (K: the most output times one sample's
@@ -201,6 +191,14 @@ def _elements_per_sample(leaves):
             return float("inf")
         total += dims.num_elements()
     return total
+
+
+def _theta(t0, span, times):
+    """``(times - t0) / span``; a zero-length step (repeated output times) sits at theta = 1. The division
+    is guarded: frozen samples take zero-length steps every iteration, and a NaN in the unselected
+    branch would reach the gradient."""
+    zero = tf.equal(span, 0)
+    return tf.where(zero, tf.ones_like(times), (times - t0) / tf.where(zero, tf.ones_like(span), span))
 
 
 def _write_covered(p, s, t1, y_start, y1, stages, accept):
@@ -254,8 +252,8 @@ def _loop_body(p, max_num_steps, s):
     # finite (it was evaluated there), so their rows cannot make an evaluation non-finite and trip the
     # gradient guard for everyone. Rows without a finite f (failed at the start) enter as zeros.
     usable = active | _rows_finite(s.f)
-    y_start = [_where_rows(usable, y, tf.zeros_like(y)) for y in s.y]
-    f_start = [_where_rows(usable, f, tf.zeros_like(f)) for f in s.f]
+    y_start = [select_rows(usable, y, tf.zeros_like(y)) for y in s.y]
+    f_start = [select_rows(usable, f, tf.zeros_like(f)) for f in s.f]
     y1, f1, error, stages = runge_kutta_step(p.fn, p.tableau, s.t, t1, y_start, f_start)
     ratio = None
     if p.controller.uses_error_estimate:
@@ -282,8 +280,8 @@ def _loop_body(p, max_num_steps, s):
     return _State(
         t=tf.where(accept, t1, s.t),
         step=tf.stop_gradient(tf.where(active, next_step, s.step)),  # a redo keeps its step
-        y=tuple(_where_rows(accept, a, b) for a, b in zip(y1, s.y)),
-        f=tuple(_where_rows(accept, a, b) for a, b in zip(f1, s.f)),
+        y=tuple(select_rows(accept, a, b) for a, b in zip(y1, s.y)),
+        f=tuple(select_rows(accept, a, b) for a, b in zip(f1, s.f)),
         memory=tf.where(active, memory, s.memory),
         index=index,
         num_steps=num_steps,
@@ -369,9 +367,7 @@ def collect_outputs(p, y0, final):
     """``[N, B, ...]`` outputs (NaN where a sample did not reach a time; internal)."""
     if p.dense:
         return list(final.buffers)
-    reached = final.index >= p.num_times
-    last = [_where_rows(reached, y, tf.fill(tf.shape(y), tf.constant(float("nan"), y.dtype))) for y in final.y]
-    return [tf.stack([a, b][: p.num_times]) for a, b in zip(y0, last)]
+    return end_time_outputs(y0, final.y, final.index >= p.num_times, p.num_times)
 
 
 def zero_buffers(p, like):
